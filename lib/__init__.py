@@ -1,0 +1,15 @@
+"""mailbox_appliance: a complete mail server for one small home server.
+
+One module per concern; each opens with a line saying what it owns, and
+imports only modules listed above it here, so dependencies flow one way:
+
+    replies, errors, logfmt          reply constants, typed exceptions, log lines
+    wire, durable                    bytes on the wire; fsync primitives
+    addresses, passwords             RFC 5321 addresses; hashes and SASL
+    config, router                   the INI file; address resolution
+    maildir, spool, bounce           Maildirs; the outbound queue; DSNs
+    tls, policy                      SSL contexts; who may do what
+    smtp_session, pop3_session       the protocol engines (no sockets inside)
+    delivery, listeners, daemon      queue runner; sockets; the process
+    cli                              the subcommands
+"""

@@ -1,0 +1,99 @@
+"""The fsync primitives every commit point is built from (Maildir and queue).
+
+A file is durable once its data is fsync'd; a name in a directory is durable
+once the directory is fsync'd. Directory fsyncs are grouped: when eight
+threads link messages into the same `new/` at once, one fsync that starts
+after all eight links covers them all, so they share it instead of queueing
+for eight (the "group commit" of databases).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _DirState:
+    __slots__ = ("tickets", "done", "running")
+
+    def __init__(self):
+        self.tickets = 0      # changes announced so far
+        self.done = 0         # every ticket up to this one is on disk
+        self.running = False
+
+
+class DirSyncer:
+    """Makes directory entries durable, sharing fsyncs between threads."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._dirs: dict[str, _DirState] = {}
+
+    def sync(self, path: str | os.PathLike) -> None:
+        """Return once every change made in `path` before this call is on disk."""
+        key = os.fspath(path)
+        with self._cond:
+            state = self._dirs.get(key)
+            if state is None:
+                state = self._dirs[key] = _DirState()
+            state.tickets += 1
+            ticket = state.tickets
+            while True:
+                if state.done >= ticket:
+                    return
+                if not state.running:
+                    state.running = True
+                    covers = state.tickets     # every ticket taken before this fsync starts
+                    break
+                self._cond.wait()
+        try:
+            fsync_dir(key)
+        except BaseException:
+            with self._cond:
+                state.running = False
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            state.done = max(state.done, covers)
+            state.running = False
+            self._cond.notify_all()
+
+
+def write_file_durably(path: str | os.PathLike, data: bytes, syncer: DirSyncer | None = None,
+                       mode: int = 0o600) -> None:
+    """Replace `path` with `data` atomically: temp file, fsync, rename, fsync dir."""
+    path = os.fspath(path)
+    directory = os.path.dirname(path) or "."
+    temp = f"{path}.tmp.{os.getpid()}.{threading.get_ident()}"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        _unlink_quietly(temp)
+        raise
+    os.close(fd)
+    try:
+        os.rename(temp, path)
+    except BaseException:
+        _unlink_quietly(temp)
+        raise
+    (syncer.sync if syncer else fsync_dir)(directory)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

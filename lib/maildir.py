@@ -1,0 +1,379 @@
+"""Maildir storage: durable delivery to one or more mailboxes; snapshots, reading,
+flagging, deleting and locking for POP3.
+
+Layout: `<mail_root>/<mailbox>/{tmp,new,cur}`, created on demand, mode 0700.
+Messages are stored with LF line endings and no CR at all; the name carries
+the file size and the size with CRLF line endings, as Dovecot does:
+`<sec>.M<usec>P<pid>Q<n>.<host>,S=<octets>,W=<crlf octets>`, so POP3 can answer
+STAT and LIST from a directory listing without opening a file.
+
+Commit point (`commit`): the message is written to `tmp/` and fsync'd; then
+hard-linked into `new/` of every target mailbox; then each `new/` is fsync'd.
+Only when `commit` returns is the message acknowledged. A crash before that
+leaves at most a stray file in `tmp/` (removed after 36 hours, as the Maildir
+convention says) and links that the client's retry may duplicate; a crash
+after it loses nothing.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import itertools
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterable
+
+from . import wire
+from .durable import DirSyncer
+
+STALE_TEMP_AGE = 36 * 3600     # the Maildir convention's limit for files in tmp/
+MAX_UID_LENGTH = 70            # RFC 1939 7: a unique-id is 1 to 70 characters
+READ_CHUNK = 1 << 20
+LOCK_FILE = ".pop3.lock"
+SEEN_FLAG = "S"
+
+_sequence = itertools.count(1)     # per process; next() on it is atomic in CPython
+
+
+class MailboxBusy(Exception):
+    """Another POP3 session holds the mailbox (answered with -ERR [IN-USE])."""
+
+
+def _safe_host(hostname: str) -> str:
+    # The Maildir convention escapes '/' and ':'; ',' separates our size fields.
+    return hostname.replace("/", r"\057").replace(":", r"\072").replace(",", r"\054")
+
+
+class TempMessage:
+    """A message being written to a Maildir's tmp/. Feed it LF-only bytes."""
+
+    def __init__(self, path: Path, base: str):
+        self.path = path
+        self.base = base            # the unique part of the final name
+        self.size = 0               # octets in the file
+        self.lines = 0              # LF characters, so the CRLF size is size + lines
+        self._last = b"\n"
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+        self.size += len(data)
+        self.lines += data.count(b"\n")
+        self._last = data[-1:]
+
+    def finish(self) -> None:
+        """End with a newline (POP3 must end every message with CRLF) and fsync."""
+        if self._last != b"\n":
+            self.write(b"\n")
+        os.fsync(self._fd)
+
+    @property
+    def crlf_size(self) -> int:
+        return self.size + self.lines
+
+    def final_name(self) -> str:
+        return f"{self.base},S={self.size},W={self.crlf_size}"
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def discard(self) -> None:
+        self.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """One message in a POP3 snapshot."""
+    uid: str          # stable across sessions: from the Maildir unique name
+    path: Path        # where it was at snapshot time
+    size: int         # octets as POP3 sends it: CRLF endings, before byte-stuffing
+    crlf: bool        # False: our own LF-only file; True: a foreign file (CRLF or mixed)
+
+
+class MaildirStore:
+    """All the Maildirs under one root (`<data_dir>/mail`)."""
+
+    def __init__(self, root: str | os.PathLike, hostname: str | None = None,
+                 syncer: DirSyncer | None = None):
+        self.root = Path(root)
+        self.host = _safe_host(hostname or socket.gethostname())
+        self.syncer = syncer or DirSyncer()
+
+    # ------------------------------------------------------------ layout
+
+    def path(self, mailbox: str) -> Path:
+        if not mailbox or "/" in mailbox or mailbox in (".", "..") or "\0" in mailbox:
+            raise ValueError(f"unsafe mailbox name {mailbox!r}")
+        return self.root / mailbox
+
+    def ensure(self, mailbox: str) -> Path:
+        """Create the Maildir (0700) when it does not exist yet; return its path."""
+        base = self.path(mailbox)
+        if not (base / "cur").is_dir():
+            for sub in ("", "tmp", "new", "cur"):
+                (base / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.syncer.sync(base)
+            self.syncer.sync(self.root)
+        return base
+
+    def _unique_base(self) -> str:
+        now = time.time()
+        seconds = int(now)
+        return (f"{seconds}.M{int((now - seconds) * 1_000_000)}P{os.getpid()}"
+                f"Q{next(_sequence)}.{self.host}")
+
+    # ------------------------------------------------------------ delivery
+
+    def begin(self, mailbox: str) -> TempMessage:
+        """A new message file in `mailbox`'s tmp/, to be committed or discarded."""
+        tmp = self.ensure(mailbox) / "tmp"
+        while True:
+            base = self._unique_base()
+            try:
+                return TempMessage(tmp / base, base)
+            except FileExistsError:
+                continue
+
+    def commit(self, temp: TempMessage, mailboxes: Iterable[str]) -> dict[str, str]:
+        """Make `temp` a message in every mailbox; return {mailbox: file name}.
+
+        This is the commit point: when it returns, the message is on disk in
+        every `new/`. On error nothing is acknowledged and the temp file is gone.
+        """
+        targets = list(dict.fromkeys(mailboxes))
+        try:
+            temp.finish()
+            temp.close()
+            name = temp.final_name()
+            created = {}
+            for mailbox in targets:
+                new_dir = self.ensure(mailbox) / "new"
+                _link_or_copy(temp.path, new_dir / name)
+                created[mailbox] = name
+            for mailbox in targets:
+                self.syncer.sync(self.path(mailbox) / "new")
+        finally:
+            temp.discard()
+        return created
+
+    def deliver(self, mailboxes: Iterable[str], data: bytes | Iterable[bytes]) -> dict[str, str]:
+        """Deliver a whole message (any line endings) to `mailboxes`, durably."""
+        targets = list(dict.fromkeys(mailboxes))
+        if not targets:
+            return {}
+        temp = self.begin(targets[0])
+        try:
+            converter = wire.LfConverter()
+            for chunk in ([data] if isinstance(data, bytes) else data):
+                temp.write(converter.feed(chunk))
+            temp.write(converter.flush())
+        except BaseException:
+            temp.discard()
+            raise
+        return self.commit(temp, targets)
+
+    def clean_stale_temps(self, max_age: float = STALE_TEMP_AGE) -> int:
+        """Remove tmp/ files older than `max_age` (never acknowledged); return the count."""
+        removed = 0
+        limit = time.time() - max_age
+        if not self.root.is_dir():
+            return 0
+        for mailbox in os.scandir(self.root):
+            tmp = Path(mailbox.path) / "tmp"
+            if not tmp.is_dir():
+                continue
+            for entry in os.scandir(tmp):
+                try:
+                    if entry.is_file() and entry.stat().st_mtime < limit:
+                        os.unlink(entry.path)
+                        removed += 1
+                except FileNotFoundError:
+                    pass
+        return removed
+
+    # ------------------------------------------------------------ POP3 side
+
+    def snapshot(self, mailbox: str) -> list[StoredMessage]:
+        """Every message in new/ and cur/, oldest first, with POP3 sizes and UIDs.
+
+        Sizes come from the `,W=` field of our own names; only files that
+        another program wrote are read to count their octets.
+        """
+        base = self.ensure(mailbox)
+        found = []
+        for sub in ("new", "cur"):
+            with os.scandir(base / sub) as entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    found.append((_sort_key(entry), sub, entry.name))
+        found.sort()
+        messages = []
+        seen_uids: dict[str, int] = {}
+        for _, sub, name in found:
+            path = base / sub / name
+            unique = name.split(":", 1)[0]
+            size = _size_from_name(unique)
+            crlf = size is None
+            if crlf:
+                try:
+                    size = pop3_size_of_file(path)
+                except FileNotFoundError:
+                    continue
+            uid = _uid(unique)
+            if uid in seen_uids:
+                uid = _hashed_uid(unique)
+            seen_uids[uid] = len(messages)
+            messages.append(StoredMessage(uid, path, size, crlf))
+        return messages
+
+    def open(self, message: StoredMessage) -> BinaryIO:
+        """The message's file for reading; follows it if it moved from new/ to cur/."""
+        try:
+            return open(message.path, "rb")
+        except FileNotFoundError:
+            moved = self._find(message)
+            if moved is None:
+                raise
+            return open(moved, "rb")
+
+    def _find(self, message: StoredMessage) -> Path | None:
+        unique = message.path.name.split(":", 1)[0]
+        maildir = message.path.parent.parent
+        for sub in ("cur", "new"):
+            for entry in os.scandir(maildir / sub):
+                if entry.name.split(":", 1)[0] == unique:
+                    return Path(entry.path)
+        return None
+
+    def mark_seen(self, message: StoredMessage) -> None:
+        """Move to cur/ with the Seen flag, so an IMAP server later shows it as read."""
+        path = message.path if message.path.exists() else self._find(message)
+        if path is None:
+            return
+        unique, _, info = path.name.partition(":")
+        flags = info[2:] if info.startswith("2,") else ""
+        if path.parent.name == "cur" and SEEN_FLAG in flags:
+            return
+        flags = "".join(sorted(set(flags) | {SEEN_FLAG}))
+        target = path.parent.parent / "cur" / f"{unique}:2,{flags}"
+        try:
+            os.rename(path, target)
+        except FileNotFoundError:
+            pass
+
+    def delete(self, message: StoredMessage) -> None:
+        path = message.path if message.path.exists() else self._find(message)
+        if path is not None:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def sync(self, mailbox: str) -> None:
+        """Make renames and deletions in `mailbox` durable."""
+        base = self.path(mailbox)
+        for sub in ("new", "cur"):
+            self.syncer.sync(base / sub)
+
+    def lock(self, mailbox: str) -> "MailboxLock":
+        """Exclusive POP3 access to `mailbox`; raise MailboxBusy when held.
+
+        flock() locks belong to an open file: the kernel drops them when the
+        holder closes it or its process dies, so a crash never leaves a stale lock.
+        """
+        path = self.ensure(mailbox) / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            os.close(fd)
+            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise MailboxBusy(mailbox) from None
+            raise
+        return MailboxLock(fd)
+
+
+class MailboxLock:
+    def __init__(self, fd: int):
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)      # closing drops the flock
+            self._fd = -1
+
+    def __enter__(self) -> "MailboxLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError as error:
+        if error.errno != errno.EXDEV:
+            raise
+        # Another file system: copy the bytes, fsync them, then publish by rename.
+        staging = target.parent.parent / "tmp" / target.name
+        with open(source, "rb") as src, open(staging, "xb") as dst:
+            shutil.copyfileobj(src, dst, READ_CHUNK)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.rename(staging, target)
+
+
+def _sort_key(entry: os.DirEntry) -> tuple[int, str]:
+    head = entry.name.split(".", 1)[0]
+    if head.isdigit():
+        return int(head), entry.name
+    try:
+        return int(entry.stat().st_mtime), entry.name
+    except FileNotFoundError:
+        return 0, entry.name
+
+
+def _size_from_name(unique: str) -> int | None:
+    """The ,W= (CRLF size) field of our own names; None for other programs' files."""
+    for field in unique.split(",")[1:]:
+        if field.startswith("W=") and field[2:].isdigit():
+            return int(field[2:])
+    return None
+
+
+def _uid(unique: str) -> str:
+    uid = unique.split(",", 1)[0]
+    if not uid or len(uid) > MAX_UID_LENGTH or not all(0x21 <= ord(c) <= 0x7E for c in uid):
+        return _hashed_uid(unique)
+    return uid
+
+
+def _hashed_uid(unique: str) -> str:
+    return "h" + hashlib.sha1(unique.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def pop3_size_of_file(path: Path) -> int:
+    """Octets POP3 sends for a file with any line endings (CRLF, final CRLF added)."""
+    counter = wire.CrlfCounter()
+    with open(path, "rb") as source:
+        while chunk := source.read(READ_CHUNK):
+            counter.feed(chunk)
+    return counter.total()

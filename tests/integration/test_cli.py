@@ -1,0 +1,200 @@
+"""The real mailbox_appliance.py run as a subprocess: check, route, passwd."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lib import passwords
+
+from ..conftest import BASE_INI, ROOT, ini
+
+SCRIPT = ROOT / "mailbox_appliance.py"
+
+
+def run(*args, stdin: str | None = None, env: dict | None = None, cwd=None):
+    full_env = dict(os.environ)
+    full_env.pop("MAILBOX_APPLIANCE_CONFIG", None)
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, str(SCRIPT), *args], input=stdin,
+                          capture_output=True, text=True, timeout=60, env=full_env, cwd=cwd)
+
+
+def test_check_passes_on_the_default_config():
+    result = run("check")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "mailbox_appliance.ini: OK" in out
+    assert "example.org" in out and "example.net" in out
+    assert "listeners:" in out and "smtp 127.0.0.1:2525" in out
+    assert "relay:" in out
+
+
+def test_check_on_the_production_example_only_misses_tls_files(tmp_path):
+    result = run("-c", str(ROOT / "conf" / "example-home.ini"), "check")
+    assert result.returncode == 2
+    assert "[tls] cert: file not found" in result.stderr
+    # with certificate files present it passes as shipped otherwise
+    (tmp_path / "c.pem").write_text("placeholder")
+    text = (ROOT / "conf" / "example-home.ini").read_text()
+    lines = [f"cert = {tmp_path / 'c.pem'}" if l.startswith("cert =") else
+             f"key = {tmp_path / 'c.pem'}" if l.startswith("key =") else l
+             for l in text.splitlines()]
+    (tmp_path / "home.ini").write_text("\n".join(lines))
+    result = run("-c", str(tmp_path / "home.ini"), "check")
+    assert result.returncode == 0, result.stderr
+    assert "domains:    7" in result.stdout and "mailboxes:  12" in result.stdout
+
+
+def test_typo_in_a_key_fails_check_with_one_line(tmp_path):
+    path = tmp_path / "typo.ini"
+    path.write_text(ini(BASE_INI + "\n[limits]\nmax_recipents = 10\n"))
+    result = run("-c", str(path), "check")
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "[limits] max_recipents: unknown key" in lines[0]
+    assert f"{path} line " in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_config_from_environment(tmp_path):
+    path = tmp_path / "env.ini"
+    path.write_text(ini(BASE_INI))
+    result = run("check", env={"MAILBOX_APPLIANCE_CONFIG": str(path)})
+    assert result.returncode == 0 and str(path) in result.stdout
+
+
+def test_config_option_after_the_command(tmp_path):
+    path = tmp_path / "after.ini"
+    path.write_text(ini(BASE_INI))
+    result = run("check", "-c", str(path))
+    assert result.returncode == 0 and str(path) in result.stdout
+
+
+def test_missing_config_is_exit_2(tmp_path):
+    result = run("-c", str(tmp_path / "none.ini"), "check")
+    assert result.returncode == 2 and "no such file" in result.stderr
+
+
+def test_bad_usage_is_exit_2():
+    assert run("frobnicate").returncode == 2
+    assert run("route").returncode == 2
+
+
+def test_route_plain_text_explains():
+    result = run("route", "BHayden+lists@Example.NET", "sales@example.net",
+                 "nobody@example.org", "x@gmail.example", "foo@example.net", "not-an-address")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 6
+    assert lines[0].startswith("BHayden+lists@Example.NET -> local: delivered to mailbox bhayden")
+    assert "recipient_delimiter" in lines[0]
+    assert lines[1].startswith("sales@example.net -> local: delivered to mailboxes alice, bhayden")
+    assert lines[2].startswith("nobody@example.org -> rejected:") and "550 5.1.1" in lines[2]
+    assert lines[3].startswith("x@gmail.example -> remote:")
+    assert "catch-all @example.net" in lines[4]
+    assert lines[5].startswith("not-an-address -> rejected: not an address")
+
+
+def test_route_json_one_object_per_line():
+    result = run("route", "--json", "BHayden+lists@Example.NET", "sales@example.net",
+                 "nobody@example.org", "x@gmail.example", "postmaster@example.org")
+    assert result.returncode == 0
+    objects = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [set(o) for o in objects] == [{"address", "result", "mailboxes", "forward",
+                                          "reason"}] * 5
+    assert objects[0]["address"] == "BHayden+lists@Example.NET"
+    assert (objects[0]["result"], objects[0]["mailboxes"]) == ("local", ["bhayden"])
+    assert objects[1]["mailboxes"] == ["alice", "bhayden"]
+    assert objects[2]["result"] == "rejected" and objects[2]["mailboxes"] == []
+    assert objects[3]["result"] == "remote" and objects[3]["forward"] == ["x@gmail.example"]
+    assert objects[4]["mailboxes"] == ["bhayden"]
+    assert all(o["reason"] for o in objects)
+
+
+def test_route_forward_in_json(tmp_path):
+    path = tmp_path / "fwd.ini"
+    path.write_text(ini(BASE_INI + "old = bhayden, bhayden@gmail.example\n"))
+    result = run("-c", str(path), "route", "--json", "old@example.org")
+    data = json.loads(result.stdout)
+    assert data["result"] == "local"
+    assert data["mailboxes"] == ["bhayden"] and data["forward"] == ["bhayden@gmail.example"]
+
+
+def test_route_with_broken_config_is_exit_2(tmp_path):
+    path = tmp_path / "loop.ini"
+    path.write_text(ini(BASE_INI + "a = b@example.org\nb = a@example.org\n"))
+    result = run("-c", str(path), "route", "a@example.org")
+    assert result.returncode == 2
+    assert "[aliases] a: alias loop" in result.stderr
+
+
+def test_passwd_from_stdin_prints_a_verifiable_hash():
+    result = run("passwd", stdin="s3cret pass\n")
+    assert result.returncode == 0
+    line = result.stdout.strip()
+    assert passwords.verify("s3cret pass", line)
+    assert not passwords.verify("s3cret", line)
+
+
+def test_passwd_refuses_empty_input():
+    result = run("passwd", stdin="\n")
+    assert result.returncode == 2 and "empty password" in result.stderr
+
+
+def _run_on_tty(args, answers):
+    """Run the script on a pseudo-terminal, answering each prompt; return (rc, output)."""
+    pid, fd = pty.fork()
+    if pid == 0:      # child
+        os.execv(sys.executable, [sys.executable, str(SCRIPT), *args])
+    output = b""
+    deadline = time.monotonic() + 30
+    pending = list(answers)
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if not ready:
+            continue
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+        if pending and output.rstrip().endswith(b":"):
+            os.write(fd, pending.pop(0).encode() + b"\n")
+            output += b"\n"
+    _, status = os.waitpid(pid, 0)
+    os.close(fd)
+    return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
+
+
+def test_passwd_on_a_tty_asks_twice():
+    rc, output = _run_on_tty(["passwd"], ["tty secret", "tty secret"])
+    assert rc == 0, output
+    assert "New password:" in output and "Repeat it:" in output
+    hash_line = [l for l in output.splitlines() if l.startswith("$scrypt$")][0]
+    assert passwords.verify("tty secret", hash_line.strip())
+
+
+def test_passwd_on_a_tty_with_different_answers_fails():
+    rc, output = _run_on_tty(["passwd"], ["one", "two"])
+    assert rc == 1 and "differ" in output and "$scrypt$" not in output
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    path = tmp_path / "bad.ini"
+    path.write_text("[server]\nbogus = 1\n")
+    plain = run("-c", str(path), "check")
+    debug = run("-c", str(path), "--debug", "check")
+    assert "Traceback" not in plain.stderr and "Traceback" in debug.stderr
+    assert plain.returncode == debug.returncode == 2

@@ -1,0 +1,53 @@
+"""Property tests: chunked line-ending converters give the same answer however
+the input is split."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from lib import wire
+
+message = st.lists(st.sampled_from([b"a", b"b", b".", b"\r", b"\n", b"\r\n", b"x" * 7]),
+                   max_size=60).map(b"".join)
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    pieces, last = [], 0
+    for point in points:
+        pieces.append(data[last:point])
+        last = point
+    pieces.append(data[last:])
+    return pieces
+
+
+def reference_lf(data: bytes) -> bytes:
+    return data.replace(b"\r\n", b"\n").replace(b"\r", b"")
+
+
+def reference_pop3_size(data: bytes) -> int:
+    if not data:
+        return 0
+    # every LF not preceded by CR gains a CR; a missing final LF adds CRLF
+    count = len(data)
+    for i, byte in enumerate(data):
+        if byte == 0x0A and (i == 0 or data[i - 1] != 0x0D):
+            count += 1
+    return count + (0 if data.endswith(b"\n") else 2)
+
+
+@given(message, st.lists(st.integers(min_value=0, max_value=500), max_size=6))
+def test_lf_converter_is_split_invariant(data, cuts):
+    converter = wire.LfConverter()
+    out = b"".join(converter.feed(piece) for piece in split(data, cuts)) + converter.flush()
+    assert out == reference_lf(data)
+    assert b"\r" not in out
+
+
+@given(message, st.lists(st.integers(min_value=0, max_value=500), max_size=6))
+def test_crlf_counter_is_split_invariant(data, cuts):
+    counter = wire.CrlfCounter()
+    for piece in split(data, cuts):
+        counter.feed(piece)
+    assert counter.total() == reference_pop3_size(data)
