@@ -18,6 +18,7 @@ from . import passwords
 from .addresses import AddressError, parse_mailbox
 from .errors import ConfigError
 from .router import Router
+from .services import load_runtime
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 CONFIG_ENV = "MAILBOX_APPLIANCE_CONFIG"
@@ -32,8 +33,8 @@ def default_config_path(script_dir: Path) -> Path:
 
 
 def load_router(path: Path) -> Router:
-    """The config at `path`, validated as a whole (syntax, types, alias graph)."""
-    return Router(config_module.load(path))
+    """The config at `path`, validated as a whole (syntax, types, alias graph, TLS files)."""
+    return load_runtime(path).router
 
 
 # ---------------------------------------------------------------- commands
@@ -43,6 +44,16 @@ def cmd_check(args) -> int:
     for line in summary(router.config):
         print(line)
     return EXIT_OK
+
+
+def cmd_serve(args) -> int:
+    from .daemon import StartError, serve     # only `serve` needs the socket code
+    runtime = load_runtime(args.config)
+    try:
+        return serve(Path(args.config), runtime)
+    except StartError as error:
+        print(f"serve: {error}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def summary(cfg: config_module.Config) -> list[str]:
@@ -117,6 +128,10 @@ def build_parser(script_dir: Path) -> argparse.ArgumentParser:
         prog="mailbox_appliance.py", parents=[common],
         description="A mail server for a small home server: SMTP in, Maildirs, POP3, relay out.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser("serve", parents=[common],
+                                help="run every listener in the foreground until SIGTERM")
+    serve.set_defaults(run=cmd_serve)
 
     check = commands.add_parser("check", parents=[common], help="validate the INI file")
     check.set_defaults(run=cmd_check)

@@ -145,7 +145,7 @@ def _split_list(value: str) -> list[str]:
 
 
 def to_host_port(value: str, *, default_port: int | None = None,
-                 ip_only: bool = True) -> HostPort:
+                 ip_only: bool = True, any_port: bool = False) -> HostPort:
     """`1.2.3.4:25`, `[::1]:25`, or (ip_only=False) `host.example:587`."""
     text = value.strip()
     if default_port is not None and ":" in text and not text.startswith("["):
@@ -164,7 +164,7 @@ def to_host_port(value: str, *, default_port: int | None = None,
             raise Invalid(f"{value!r} has no port ({example})")
         port = default_port
     port = int(port)
-    if not 1 <= port <= 65535:
+    if not (0 if any_port else 1) <= port <= 65535:
         raise Invalid(f"port {port} is out of range (1 to 65535)")
     try:
         host = str(ipaddress.ip_address(host))
@@ -176,7 +176,8 @@ def to_host_port(value: str, *, default_port: int | None = None,
 
 
 def to_listen_list(value: str) -> tuple[HostPort, ...]:
-    return tuple(to_host_port(item) for item in _split_list(value))
+    """Listening addresses; port 0 means any free port (printed at start, for tests)."""
+    return tuple(to_host_port(item, any_port=True) for item in _split_list(value))
 
 
 def to_nameservers(value: str) -> tuple[HostPort, ...]:
@@ -255,6 +256,7 @@ class LimitsSection:
     max_connections_per_ip: int
     command_timeout: float
     auth_failures: Rate
+    shutdown_grace: float
 
 
 @dataclass(frozen=True)
@@ -306,6 +308,7 @@ SCHEMA: dict[str, tuple[type, tuple[Key, ...]]] = {
         Key("max_connections_per_ip", to_int(1, 100_000), "20"),
         Key("command_timeout", to_duration, "5m"),
         Key("auth_failures", to_rate, "5/10m"),
+        Key("shutdown_grace", to_duration, "10s"),
     )),
     "policy": (PolicySection, (
         Key("trusted_networks", to_networks, "127.0.0.0/8, ::1/128"),
@@ -496,7 +499,7 @@ def _finish_tls(tls: TlsSection, base: Path) -> TlsSection:
 def _check_listeners(listen: ListenSection, tls: TlsSection) -> None:
     seen: dict[HostPort, str] = {}
     for kind, address in listen.listeners():
-        if address in seen:
+        if address in seen and address.port != 0:
             raise ConfigError("listen", kind, f"{address} is also used by [listen] {seen[address]}")
         seen[address] = kind
         if kind in IMPLICIT_TLS_KINDS and not tls.enabled:

@@ -67,13 +67,9 @@ class DirSyncer:
             self._cond.notify_all()
 
 
-def write_file_durably(path: str | os.PathLike, data: bytes, syncer: DirSyncer | None = None,
-                       mode: int = 0o600) -> None:
-    """Replace `path` with `data` atomically: temp file, fsync, rename, fsync dir."""
-    path = os.fspath(path)
-    directory = os.path.dirname(path) or "."
-    temp = f"{path}.tmp.{os.getpid()}.{threading.get_ident()}"
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+def write_synced(path: str | os.PathLike, data: bytes, mode: int = 0o600) -> None:
+    """Create `path` (it must not exist) holding `data`, fsync'd."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         view = memoryview(data)
         while view:
@@ -81,14 +77,29 @@ def write_file_durably(path: str | os.PathLike, data: bytes, syncer: DirSyncer |
         os.fsync(fd)
     except BaseException:
         os.close(fd)
-        _unlink_quietly(temp)
+        _unlink_quietly(path)
         raise
     os.close(fd)
+
+
+def temp_name(directory: str | os.PathLike, hint: str) -> str:
+    """A name in `directory` no other thread or process of ours will pick."""
+    return os.path.join(directory, f"{hint}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
+def replace_durably(path: str | os.PathLike, data: bytes, temp_dir: str | os.PathLike,
+                    syncer: DirSyncer | None = None) -> None:
+    """Replace `path` with `data` atomically: a temp file in `temp_dir` (same file
+    system), fsync, rename over `path`, fsync `path`'s directory."""
+    path = os.fspath(path)
+    temp = temp_name(temp_dir, os.path.basename(path))
+    write_synced(temp, data)
     try:
         os.rename(temp, path)
     except BaseException:
         _unlink_quietly(temp)
         raise
+    directory = os.path.dirname(path) or "."
     (syncer.sync if syncer else fsync_dir)(directory)
 
 

@@ -59,6 +59,7 @@ class TempMessage:
         self.size = 0               # octets in the file
         self.lines = 0              # LF characters, so the CRLF size is size + lines
         self._last = b"\n"
+        self._synced = False
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
 
     def write(self, data: bytes) -> None:
@@ -70,12 +71,15 @@ class TempMessage:
         self.size += len(data)
         self.lines += data.count(b"\n")
         self._last = data[-1:]
+        self._synced = False
 
     def finish(self) -> None:
         """End with a newline (POP3 must end every message with CRLF) and fsync."""
         if self._last != b"\n":
             self.write(b"\n")
-        os.fsync(self._fd)
+        if not self._synced:
+            os.fsync(self._fd)
+            self._synced = True
 
     @property
     def crlf_size(self) -> int:
@@ -114,6 +118,7 @@ class MaildirStore:
         self.root = Path(root)
         self.host = _safe_host(hostname or socket.gethostname())
         self.syncer = syncer or DirSyncer()
+        self._known: set[str] = set()      # Maildirs seen to exist: no stat per message
 
     # ------------------------------------------------------------ layout
 
@@ -125,11 +130,14 @@ class MaildirStore:
     def ensure(self, mailbox: str) -> Path:
         """Create the Maildir (0700) when it does not exist yet; return its path."""
         base = self.path(mailbox)
+        if mailbox in self._known:
+            return base
         if not (base / "cur").is_dir():
             for sub in ("", "tmp", "new", "cur"):
                 (base / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
             self.syncer.sync(base)
             self.syncer.sync(self.root)
+        self._known.add(mailbox)
         return base
 
     def _unique_base(self) -> str:
@@ -142,13 +150,16 @@ class MaildirStore:
 
     def begin(self, mailbox: str) -> TempMessage:
         """A new message file in `mailbox`'s tmp/, to be committed or discarded."""
-        tmp = self.ensure(mailbox) / "tmp"
         while True:
             base = self._unique_base()
             try:
-                return TempMessage(tmp / base, base)
+                return TempMessage(self.ensure(mailbox) / "tmp" / base, base)
             except FileExistsError:
                 continue
+            except FileNotFoundError:           # the Maildir was removed under us
+                if mailbox not in self._known:
+                    raise
+                self._known.discard(mailbox)
 
     def commit(self, temp: TempMessage, mailboxes: Iterable[str]) -> dict[str, str]:
         """Make `temp` a message in every mailbox; return {mailbox: file name}.
@@ -163,8 +174,11 @@ class MaildirStore:
             name = temp.final_name()
             created = {}
             for mailbox in targets:
-                new_dir = self.ensure(mailbox) / "new"
-                _link_or_copy(temp.path, new_dir / name)
+                try:
+                    _link_or_copy(temp.path, self.ensure(mailbox) / "new" / name)
+                except FileNotFoundError:       # the Maildir was removed under us
+                    self._known.discard(mailbox)
+                    _link_or_copy(temp.path, self.ensure(mailbox) / "new" / name)
                 created[mailbox] = name
             for mailbox in targets:
                 self.syncer.sync(self.path(mailbox) / "new")

@@ -11,6 +11,8 @@ from __future__ import annotations
 MAX_COMMAND_LINE = 512    # RFC 5321 4.5.3.1.4, including CRLF
 MAX_TEXT_LINE = 1000      # RFC 5321 4.5.3.1.6, including CRLF
 MAX_POP3_LINE = 255       # RFC 2449 4: a POP3 command line, including CRLF
+MAX_SASL_LINE = 12288     # RFC 4954 4: a SASL response line the server must accept
+MAX_HOPS = 30             # Received headers before we call it a mail loop (RFC 5321 6.3)
 
 
 class LfConverter:
@@ -62,3 +64,220 @@ class CrlfCounter:
             return 0
         missing_end = 0 if self._last == b"\n" else 2
         return self._octets + self._bare_lf + missing_end
+
+
+# ---------------------------------------------------------------- reading from a socket
+
+RECV_SIZE = 1 << 16
+
+
+class LineTooLong(Exception):
+    """A line exceeded its limit; the rest of it, up to LF, has been discarded."""
+
+
+class LineReader:
+    """Bounded line reading from a socket, with a buffer the caller can inspect.
+
+    `has_buffered()` tells the SMTP handler whether the client has pipelined
+    more commands (RFC 2920: replies may be held back until the input buffer
+    runs dry); `discard_buffer()` drops what a client sent before a TLS
+    handshake (CVE-2011-0411).
+    """
+
+    def __init__(self, sock, recv_size: int = RECV_SIZE, wait=None):
+        self.sock = sock
+        self._buf = bytearray()
+        self._recv_size = recv_size
+        self.eof = False
+        self.wait = wait            # called before blocking: may raise (timeout, shutdown)
+
+    def _fill(self) -> bool:
+        if self.wait is not None:
+            self.wait()
+        data = self.sock.recv(self._recv_size)
+        if not data:
+            self.eof = True
+            return False
+        self._buf += data
+        return True
+
+    def readline(self, limit: int) -> bytes:
+        """One line including its LF; b"" when the client has gone.
+
+        A line longer than `limit` octets (LF included) is read to its end,
+        thrown away, and reported with LineTooLong.
+        """
+        scanned = 0
+        while True:
+            end = self._buf.find(b"\n", scanned)
+            if end >= 0:
+                if end + 1 > limit:
+                    del self._buf[:end + 1]
+                    raise LineTooLong()
+                line = bytes(self._buf[:end + 1])
+                del self._buf[:end + 1]
+                return line
+            if len(self._buf) >= limit:
+                self._discard_to_newline()
+                raise LineTooLong()
+            scanned = len(self._buf)
+            if not self._fill():
+                return b""
+
+    def _discard_to_newline(self) -> None:
+        while True:
+            end = self._buf.find(b"\n")
+            if end >= 0:
+                del self._buf[:end + 1]
+                return
+            self._buf.clear()
+            if not self._fill():
+                return
+
+    def read_chunk(self) -> bytes:
+        """What is buffered, else one recv(); b"" when the client has gone."""
+        if self._buf:
+            data = bytes(self._buf)
+            self._buf.clear()
+            return data
+        data = self.sock.recv(self._recv_size)
+        if not data:
+            self.eof = True
+        return data
+
+    def unread(self, data: bytes) -> None:
+        self._buf[:0] = data
+
+    def has_buffered(self) -> bool:
+        pending = getattr(self.sock, "pending", None)     # decrypted bytes inside ssl
+        return bool(self._buf) or bool(pending and pending())
+
+    def discard_buffer(self) -> int:
+        dropped = len(self._buf)
+        self._buf.clear()
+        return dropped
+
+
+# ---------------------------------------------------------------- SMTP DATA
+
+_DATA_END = b"\r\n.\r\n"
+
+
+class DataReceiver:
+    """SMTP DATA: wire bytes in, the message as stored (LF endings, no CR) out.
+
+    The end of data is exactly CRLF "." CRLF (RFC 5321 4.1.1.4). A bare LF
+    ends a line of content (as Postfix's default "normalize" does) but never
+    the data; a bare CR is dropped. So `\\n.\\n`, `\\r.\\r` and `\\n.\\r\\n`
+    are content, and a smuggled second message stays inside the first
+    (CVE-2023-51764 class). Lines starting with "." lose one dot (4.5.2).
+
+    Work is done per chunk on complete lines, with bytes.replace; only the
+    unfinished last line is carried to the next chunk.
+    """
+
+    def __init__(self, max_line: int = MAX_TEXT_LINE):
+        self._max_content = max_line - 2      # octets before CRLF (RFC 5322 2.1.1: 998)
+        self._pending = b""                   # unprocessed; starts at a line start
+        self._after_crlf = True               # the DATA command line ended with CRLF
+        self.done = False
+        self.leftover = b""                   # bytes after the end: pipelined commands
+        self.octets = 0                       # message octets on the wire, dot-stuffed
+        self.size = 0                         # message octets with CRLF, not stuffed (RFC 1870)
+        self.overlong = False                 # some line exceeded 998 octets
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Consume `chunk`; return the decoded content it completes (maybe b"")."""
+        if self.done:
+            self.leftover += chunk
+            return b""
+        buf = self._pending + chunk if self._pending else chunk
+        if self._after_crlf and buf.startswith(b".\r\n"):
+            return self._finish(b"", buf[3:])
+        end = buf.find(_DATA_END)
+        if end >= 0:
+            return self._finish(buf[:end + 2], buf[end + 5:])
+        cut = buf.rfind(b"\n") + 1
+        region, self._pending = buf[:cut], buf[cut:]
+        if len(self._pending) > self._max_content + 2:
+            self.overlong = True
+            self._pending = self._pending[-4:]     # enough to see an end marker start
+        if not region:
+            return b""
+        self._after_crlf = region.endswith(b"\r\n")
+        self.octets += len(region)
+        return self._decode(region)
+
+    def _finish(self, region: bytes, rest: bytes) -> bytes:
+        self.done = True
+        self.leftover = rest
+        self._pending = b""
+        self.octets += len(region)
+        return self._decode(region) if region else b""
+
+    def _decode(self, region: bytes) -> bytes:
+        """Complete lines (starting at a line start) -> stored form."""
+        out = region.replace(b"\r\n", b"\n")
+        if b"\r" in out:
+            out = out.replace(b"\r", b"")
+        if out.startswith(b".") or b"\n." in out:
+            out = (b"\n" + out).replace(b"\n.", b"\n")[1:]
+        if not self.overlong and len(out) > self._max_content and \
+                max(map(len, out.split(b"\n"))) > self._max_content:
+            self.overlong = True
+        self.size += len(out) + out.count(b"\n")
+        return out
+
+
+# ---------------------------------------------------------------- POP3 output
+
+class Pop3Encoder:
+    """A stored message -> its octets on the wire: CRLF line endings, lines
+    starting with "." byte-stuffed (RFC 1939 3), a final CRLF added when the
+    file lacks one. `foreign` files (written by another program) may already
+    hold CRLF; our own hold LF only. The size of the output before stuffing
+    is what CrlfCounter (and the ,W= of our names) says.
+    """
+
+    def __init__(self, foreign: bool = False):
+        self._foreign = foreign
+        self._line_start = True     # the next byte starts a line
+        self._pending_cr = False    # foreign: a CR at the end of the last chunk
+        self._empty = True
+        self._ends_with_lf = True
+
+    def feed(self, chunk: bytes) -> bytes:
+        if not chunk:
+            return b""
+        if self._foreign:
+            if self._pending_cr:
+                chunk = b"\r" + chunk
+                self._pending_cr = False
+            if chunk.endswith(b"\r"):
+                chunk = chunk[:-1]
+                self._pending_cr = True
+                if not chunk:
+                    return b""
+            out = chunk.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        else:
+            out = chunk.replace(b"\n", b"\r\n")
+        self._empty = False
+        self._ends_with_lf = chunk.endswith(b"\n")
+        if b"\n." in out or (self._line_start and out.startswith(b".")):
+            out = (b"\n" + out if self._line_start else out).replace(b"\n.", b"\n..")
+            if self._line_start:
+                out = out[1:]
+        self._line_start = self._ends_with_lf
+        return out
+
+    def finish(self) -> bytes:
+        """The rest, the missing final CRLF if any, and the terminating '.' line."""
+        tail = b""
+        if self._pending_cr:
+            tail = b"\r"
+            self._pending_cr = False
+            self._ends_with_lf = False
+            self._empty = False
+        if not self._empty and not self._ends_with_lf:
+            tail += b"\r\n"
+        return tail + b".\r\n"

@@ -1,46 +1,17 @@
-"""Shared fixtures: configs written to disk, one password hash per session."""
+"""Shared fixtures: configs written to disk, routers, real server processes."""
 
 from __future__ import annotations
 
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from .support import BASE_INI, HASH, PASSWORD, ROOT, ini  # noqa: F401  (re-exported)
 
 from lib import config as config_module  # noqa: E402
-from lib import passwords  # noqa: E402
 from lib.router import Router  # noqa: E402
 
-PASSWORD = "correct horse"
-HASH = passwords.hash_password(PASSWORD)   # computed once: scrypt is slow on purpose
-
-
-def ini(text: str) -> str:
-    """Dedent an INI snippet and put the test hash in place of {hash}."""
-    return textwrap.dedent(text).replace("{hash}", HASH)
-
-
-BASE_INI = """
-[server]
-hostname = mail.example.org
-data_dir = data
-log = stderr
-
-[domains]
-example.org = *
-example.net = *
-
-[mailboxes]
-bhayden = {hash}
-alice = {hash}
-
-[aliases]
-postmaster = bhayden
-"""
+from .harness import make_certificate, new_server  # noqa: E402
 
 
 @pytest.fixture
@@ -67,3 +38,28 @@ def router(write_ini):
     def build(text: str) -> Router:
         return Router(config_module.load(write_ini(text)))
     return build
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory):
+    """(cert.pem, key.pem) for mail.example.org and 127.0.0.1, made at test time."""
+    return make_certificate(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def servers(tmp_path):
+    """servers(name="server", start=True, **config options) -> a running ServerProcess.
+
+    Every server started is stopped (by PID) when the test ends."""
+    started = []
+
+    def start(name: str = "server", start: bool = True, **options):
+        server = new_server(tmp_path / name, **options)
+        started.append(server)
+        if start:
+            server.start()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -14,7 +14,8 @@ import pytest
 
 from lib import passwords
 
-from ..conftest import BASE_INI, ROOT, ini
+from ..harness import make_certificate
+from ..support import BASE_INI, ROOT, ini
 
 SCRIPT = ROOT / "mailbox_appliance.py"
 
@@ -37,15 +38,15 @@ def test_check_passes_on_the_default_config():
     assert "relay:" in out
 
 
-def test_check_on_the_production_example_only_misses_tls_files(tmp_path):
+def test_check_on_the_production_example_only_misses_tls_files(tmp_path, certificate):
     result = run("-c", str(ROOT / "conf" / "example-home.ini"), "check")
     assert result.returncode == 2
     assert "[tls] cert: file not found" in result.stderr
     # with certificate files present it passes as shipped otherwise
-    (tmp_path / "c.pem").write_text("placeholder")
+    cert, key = certificate
     text = (ROOT / "conf" / "example-home.ini").read_text()
-    lines = [f"cert = {tmp_path / 'c.pem'}" if l.startswith("cert =") else
-             f"key = {tmp_path / 'c.pem'}" if l.startswith("key =") else l
+    lines = [f"cert = {cert}" if l.startswith("cert =") else
+             f"key = {key}" if l.startswith("key =") else l
              for l in text.splitlines()]
     (tmp_path / "home.ini").write_text("\n".join(lines))
     result = run("-c", str(tmp_path / "home.ini"), "check")
@@ -159,6 +160,8 @@ def _run_on_tty(args, answers):
     output = b""
     deadline = time.monotonic() + 30
     pending = list(answers)
+    answered_at = 0        # answer only a prompt that appeared after the last answer:
+    # getpass flushes typed-ahead input (TCSAFLUSH) when it shows a prompt
     while time.monotonic() < deadline:
         ready, _, _ = select.select([fd], [], [], 0.5)
         if not ready:
@@ -170,9 +173,10 @@ def _run_on_tty(args, answers):
         if not chunk:
             break
         output += chunk
-        if pending and output.rstrip().endswith(b":"):
+        if pending and output[answered_at:].rstrip().endswith(b":"):
             os.write(fd, pending.pop(0).encode() + b"\n")
             output += b"\n"
+            answered_at = len(output)
     _, status = os.waitpid(pid, 0)
     os.close(fd)
     return os.waitstatus_to_exitcode(status), output.decode(errors="replace")
@@ -198,3 +202,16 @@ def test_debug_shows_the_traceback(tmp_path):
     debug = run("-c", str(path), "--debug", "check")
     assert "Traceback" not in plain.stderr and "Traceback" in debug.stderr
     assert plain.returncode == debug.returncode == 2
+
+
+def test_unusable_certificate_is_a_config_error(tmp_path, certificate):
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    path = tmp_path / "tls.ini"
+    path.write_text(ini(BASE_INI + f"\n[tls]\ncert = {tmp_path / 'junk.pem'}\n"))
+    result = run("-c", str(path), "check")
+    assert result.returncode == 2 and "[tls] cert: cannot load" in result.stderr
+    other_cert, other_key = make_certificate(tmp_path / "other")
+    path.write_text(ini(BASE_INI + f"\n[tls]\ncert = {certificate[0]}\nkey = {other_key}\n"))
+    result = run("-c", str(path), "check")
+    assert result.returncode == 2 and "[tls] key: " in result.stderr
+    assert "does not belong" in result.stderr

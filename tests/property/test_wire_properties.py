@@ -51,3 +51,40 @@ def test_crlf_counter_is_split_invariant(data, cuts):
     for piece in split(data, cuts):
         counter.feed(piece)
     assert counter.total() == reference_pop3_size(data)
+
+
+def reference_pop3(data: bytes, foreign: bool) -> bytes:
+    """What RETR must send, built line by line the slow, obvious way."""
+    if foreign:
+        text = data.replace(b"\r\n", b"\n")
+    else:
+        text = data
+    if text and not text.endswith(b"\n"):
+        text += b"\n"
+    lines = text.split(b"\n")[:-1] if text else []
+    return b"".join((b"." + line if line.startswith(b".") else line) + b"\r\n"
+                    for line in lines) + b".\r\n"
+
+
+lf_message = st.lists(st.sampled_from([b"a", b".", b"\n", b"..", b"x" * 5]), max_size=50) \
+    .map(b"".join)
+
+
+@given(lf_message, st.lists(st.integers(min_value=0, max_value=300), max_size=6))
+def test_pop3_encoder_matches_reference_for_our_files(data, cuts):
+    encoder = wire.Pop3Encoder(foreign=False)
+    out = b"".join(encoder.feed(piece) for piece in split(data, cuts)) + encoder.finish()
+    assert out == reference_pop3(data, foreign=False)
+
+
+@given(message, st.lists(st.integers(min_value=0, max_value=500), max_size=6))
+def test_pop3_encoder_size_equals_counter_for_any_file(data, cuts):
+    encoder = wire.Pop3Encoder(foreign=True)
+    out = b"".join(encoder.feed(piece) for piece in split(data, cuts)) + encoder.finish()
+    unstuffed = out[:-3].replace(b"\r\n..", b"\r\n.")
+    if unstuffed.startswith(b".."):
+        unstuffed = unstuffed[1:]
+    counter = wire.CrlfCounter()
+    counter.feed(data)
+    assert len(unstuffed) == counter.total()
+    assert out.endswith(b".\r\n")

@@ -11,7 +11,7 @@ from lib import config as config_module
 from lib.config import HostPort, Rate
 from lib.errors import ConfigError
 
-from ..conftest import BASE_INI
+from ..support import BASE_INI
 
 
 def error_of(load, text: str) -> ConfigError:
@@ -155,7 +155,7 @@ def test_bad_choice(load):
     assert "never, local, always" in str(error)
 
 
-@pytest.mark.parametrize("value", ["127.0.0.1", "localhost:25", "[::1]", "1.2.3.4:0",
+@pytest.mark.parametrize("value", ["127.0.0.1", "localhost:25", "[::1]", "1.2.3.4:70000",
                                    "[fe80::zz]:25", "0.0.0.0:25:1"])
 def test_bad_listen_address(load, value):
     error = error_of(load, BASE_INI + f"\n[listen]\nsmtp = {value}\n")

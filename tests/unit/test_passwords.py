@@ -8,7 +8,7 @@ import pytest
 
 from lib import passwords
 
-from ..conftest import HASH, PASSWORD
+from ..support import HASH, PASSWORD
 
 
 def test_hash_is_self_describing_and_salted():

@@ -1,0 +1,173 @@
+"""The process: logging, binding every listener, running until a signal, and
+stopping cleanly (stop accepting, let sessions finish, close the rest)."""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from .config import Config
+from .listeners import MailServer, SessionHandler
+from .logfmt import LOGGER_NAME, EventLog, LineFormatter
+from .services import Runtime, Services
+
+FORCED_CLOSE_WAIT = 5.0      # after the grace period: time for handlers to say 421 and go
+
+
+class StartError(Exception):
+    """The server cannot start (a port in use, a folder it cannot create)."""
+
+
+_listener: logging.handlers.QueueListener | None = None
+
+
+def configure_logging(config: Config) -> None:
+    """Send the log to [server] log. Sessions only put records on a queue; one
+    thread does the writing, so a slow disk or syslog never stalls a client."""
+    global _listener
+    stop_logging()
+    logger = logging.getLogger(LOGGER_NAME)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    target = config.server.log
+    if target == "stderr":
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(LineFormatter())
+    elif target == "syslog":
+        address = "/dev/log" if os.path.exists("/dev/log") else ("localhost", 514)
+        handler = logging.handlers.SysLogHandler(
+            address=address, facility=logging.handlers.SysLogHandler.LOG_MAIL)
+        handler.setFormatter(LineFormatter(with_time=False))
+        handler.ident = "mailbox_appliance: "
+    else:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        # WatchedFileHandler reopens the file when logrotate moves it away.
+        handler = logging.handlers.WatchedFileHandler(target, encoding="utf-8")
+        handler.setFormatter(LineFormatter())
+    records: queue.SimpleQueue = queue.SimpleQueue()
+    _listener = logging.handlers.QueueListener(records, handler)
+    _listener.start()
+    logger.addHandler(logging.handlers.QueueHandler(records))
+    logger.setLevel(config.server.log_level.upper())
+    logger.propagate = False
+
+
+def stop_logging() -> None:
+    """Write out every queued record (at exit, and before re-configuring)."""
+    global _listener
+    if _listener is not None:
+        _listener.stop()
+        for handler in _listener.handlers:
+            handler.close()
+        _listener = None
+
+
+class Daemon:
+    """Every listener of one config, in one process."""
+
+    def __init__(self, config_path: Path, runtime: Runtime):
+        self.config_path = config_path
+        self.runtime = runtime
+        self.services = Services.create(runtime.config)
+        self.closing = threading.Event()
+        self.log = EventLog("daemon")
+        self._stop = threading.Event()
+        self._servers: dict[tuple, MailServer] = {}
+        self._threads: list[threading.Thread] = []
+
+    # ------------------------------------------------------------ start
+
+    def prepare_storage(self) -> None:
+        cfg = self.runtime.config
+        try:
+            cfg.server.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as error:
+            raise StartError(f"[server] data_dir: cannot create {cfg.server.data_dir}: "
+                             f"{error.strerror}") from None
+        stale = self.services.store.clean_stale_temps()
+        orphans = self.services.spool.clean_orphans()
+        if stale or orphans:
+            self.log.info("cleaned", stale_temps=stale, queue_orphans=orphans)
+
+    def bind(self) -> None:
+        for kind, address in self.runtime.config.listen.listeners():
+            try:
+                server = MailServer(kind, address, self, SessionHandler)
+            except OSError as error:
+                self.close_listeners()
+                raise StartError(f"[listen] {kind}: cannot listen on {address}: "
+                                 f"{error.strerror or error}") from None
+            self._servers[(kind, address)] = server
+
+    def start(self) -> None:
+        for server in self._servers.values():
+            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
+                                      name=f"accept {server.label}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+            line = f"listening {server.kind} {server.bound}"
+            print(line, flush=True)
+            self.log.info("listening", kind=server.kind, address=server.bound)
+
+    # ------------------------------------------------------------ run and stop
+
+    def run(self) -> int:
+        """Serve until SIGTERM or SIGINT; return the exit code."""
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        self.prepare_storage()
+        self.bind()
+        self.start()
+        self.log.info("started", pid=os.getpid(), config=str(self.config_path),
+                      hostname=self.runtime.hostname)
+        while not self._stop.wait(1.0):
+            pass
+        self.stop()
+        return 0
+
+    def _on_stop_signal(self, signum, frame) -> None:
+        self.log.info("stopping", signal=signal.Signals(signum).name)
+        self._stop.set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def close_listeners(self) -> None:
+        for server in self._servers.values():
+            server.server_close()
+        self._servers.clear()
+
+    def stop(self) -> None:
+        """Stop accepting; give sessions `shutdown_grace` to finish; then 421 the rest."""
+        for server in self._servers.values():
+            server.shutdown()
+        self.close_listeners()
+        grace = self.runtime.config.limits.shutdown_grace
+        connections = self.services.connections
+        deadline = time.monotonic() + grace
+        while connections.total > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if connections.total > 0:
+            self.log.info("closing_connections", remaining=connections.total)
+            self.closing.set()
+            deadline = time.monotonic() + FORCED_CLOSE_WAIT
+            while connections.total > 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self.log.info("stopped", remaining=connections.total)
+
+
+def serve(config_path: Path, runtime: Runtime) -> int:
+    configure_logging(runtime.config)
+    try:
+        return Daemon(config_path, runtime).run()
+    finally:
+        stop_logging()
+

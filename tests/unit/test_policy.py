@@ -1,0 +1,101 @@
+"""Policy: trust, plaintext-auth rule, login lock-out, connection caps."""
+
+from __future__ import annotations
+
+import pytest
+
+from lib import passwords, policy
+from lib.config import Rate
+from lib.router import Router
+
+from ..support import BASE_INI, PASSWORD
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def cfg(load):
+    return load(BASE_INI + """
+[policy]
+trusted_networks = 192.168.1.0/24, 2001:db8::/32
+[limits]
+max_connections = 3
+max_connections_per_ip = 2
+auth_failures = 3/1m
+""")
+
+
+def test_trusted_networks(cfg):
+    assert policy.is_trusted(cfg, "192.168.1.20")
+    assert policy.is_trusted(cfg, "::ffff:192.168.1.20")      # v4-mapped from a [::] socket
+    assert policy.is_trusted(cfg, "2001:db8::5")
+    assert not policy.is_trusted(cfg, "192.168.2.1")
+    assert not policy.is_trusted(cfg, "127.0.0.1")
+    assert not policy.is_trusted(cfg, "not an ip")
+
+
+def test_plaintext_auth_rule(load):
+    for mode, loopback, remote in (("never", False, False), ("local", True, False),
+                                   ("always", True, True)):
+        cfg = load(BASE_INI + f"\n[tls]\nplaintext_auth = {mode}\n")
+        assert policy.plaintext_auth_allowed(cfg, "127.0.0.1", False) is loopback
+        assert policy.plaintext_auth_allowed(cfg, "::1", False) is loopback
+        assert policy.plaintext_auth_allowed(cfg, "192.0.2.1", False) is remote
+        assert policy.plaintext_auth_allowed(cfg, "192.0.2.1", True) is True
+
+
+def test_throttle_window_slides():
+    clock = Clock()
+    throttle = policy.AuthThrottle(clock)
+    rate = Rate(3, 60)
+    for _ in range(3):
+        assert not throttle.locked("1.2.3.4", rate)
+        throttle.record_failure("1.2.3.4", rate)
+    assert throttle.locked("1.2.3.4", rate)
+    assert not throttle.locked("5.6.7.8", rate)
+    clock.now += 59
+    assert throttle.locked("1.2.3.4", rate)
+    clock.now += 2
+    assert not throttle.locked("1.2.3.4", rate)
+
+
+def test_throttle_table_is_bounded(monkeypatch):
+    monkeypatch.setattr(policy, "MAX_TRACKED_IPS", 10)
+    throttle = policy.AuthThrottle(Clock())
+    for i in range(50):
+        throttle.record_failure(f"10.0.0.{i}", Rate(5, 600))
+    assert len(throttle._failures) <= 10
+
+
+def test_connection_tracker(cfg):
+    tracker = policy.ConnectionTracker()
+    assert tracker.open("a", cfg) is None
+    assert tracker.open("a", cfg) is None
+    assert tracker.open("a", cfg).code == 421                 # per IP
+    assert tracker.open("b", cfg) is None
+    assert tracker.open("c", cfg).code == 421                 # in total
+    tracker.close("a")
+    assert tracker.count("a") == 1 and tracker.total == 2
+    assert tracker.open("c", cfg) is None
+
+
+def test_authenticator(cfg):
+    router = Router(cfg)
+    auth = policy.Authenticator(policy.AuthThrottle(Clock()), passwords.VerifyCache())
+    assert auth.login(router, "1.1.1.1", "BHayden", PASSWORD).mailbox == "bhayden"
+    assert auth.login(router, "1.1.1.1", "bhayden@example.net", PASSWORD).mailbox == "bhayden"
+    wrong = auth.login(router, "1.1.1.1", "bhayden", "nope")
+    assert wrong.mailbox is None and "wrong password" in wrong.reason
+    unknown = auth.login(router, "1.1.1.1", "ghost", PASSWORD)
+    assert unknown.mailbox is None and "no such mailbox" in unknown.reason
+    assert "nope" not in wrong.reason and PASSWORD not in unknown.reason
+    auth.login(router, "1.1.1.1", "bhayden", "again")
+    locked = auth.login(router, "1.1.1.1", "bhayden", PASSWORD)
+    assert locked.mailbox is None and locked.locked
+    assert auth.login(router, "2.2.2.2", "bhayden", PASSWORD).mailbox == "bhayden"

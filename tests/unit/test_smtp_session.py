@@ -1,0 +1,587 @@
+"""The SMTP engine driven with no sockets: every command in every state."""
+
+from __future__ import annotations
+
+import base64
+import textwrap
+
+import pytest
+
+from lib import replies
+from lib.replies import Reply
+from lib.services import Services, load_runtime
+from lib.protocol import Action, ClientInfo
+from lib.smtp_session import SmtpSession, State
+from lib.tls import TlsInfo
+
+from ..support import HASH, PASSWORD
+
+CONFIG = """
+[server]
+hostname = mail.example.org
+data_dir = data
+log = stderr
+
+[limits]
+max_message_size = 10K
+max_recipients = 3
+
+[policy]
+trusted_networks = 10.0.0.0/8
+{policy}
+
+[domains]
+example.org = *
+example.net = *
+
+[mailboxes]
+bhayden = {hash}
+alice = {hash}
+
+[aliases]
+postmaster = bhayden
+sales@example.net = alice, bhayden
+fwd = bhayden@gmail.example
+"""
+
+TLS = TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", 256)
+
+
+@pytest.fixture
+def env(tmp_path, certificate):
+    def build(extra: str = "", tls: bool = True, policy: str = ""):
+        text = CONFIG.replace("{policy}", policy) + textwrap.dedent(extra)
+        if tls:
+            text += f"\n[tls]\ncert = {certificate[0]}\nkey = {certificate[1]}\n"
+        path = tmp_path / "smtp.ini"
+        path.write_text(text.replace("{hash}", HASH))
+        runtime = load_runtime(path)
+        return runtime, Services.create(runtime.config)
+    return build
+
+
+@pytest.fixture
+def make(env):
+    """make(ip=..., listener=..., tls=..., extra=...) -> a greeted session."""
+    def build(ip="192.0.2.7", listener="smtp", tls=None, extra="", tls_configured=True,
+              policy=""):
+        runtime, services = env(extra, tls_configured, policy)
+        session = SmtpSession(runtime, services, ClientInfo(ip, 40000, listener, tls))
+        greeting = session.greeting()
+        assert greeting.replies == [replies.GREETING.fill(host="mail.example.org")]
+        return session
+    return build
+
+
+def send(session, *lines):
+    """Feed lines; return every reply code (and the last step)."""
+    codes, step = [], None
+    for line in lines:
+        step = session.feed_line(line.encode("utf-8", "surrogateescape") + b"\r\n")
+        codes += [reply.code for reply in step.replies]
+    return codes, step
+
+
+def reply_of(session, line) -> Reply:
+    step = session.feed_line(line.encode() + b"\r\n")
+    assert len(step.replies) == 1
+    return step.replies[0]
+
+
+def login(session, user="bhayden", password=PASSWORD):
+    token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+    return reply_of(session, f"AUTH PLAIN {token}")
+
+
+def data(session, payload: bytes, chunk: int = 7):
+    """Feed DATA content in small chunks; return the final step."""
+    step = None
+    for i in range(0, len(payload), chunk):
+        step = session.feed_data(payload[i:i + chunk])
+        if step.replies:
+            return step
+    return step
+
+
+def stored(session, mailbox):
+    folder = session.services.store.path(mailbox) / "new"
+    return [p.read_bytes() for p in sorted(folder.iterdir())] if folder.is_dir() else []
+
+
+# ---------------------------------------------------------------- greeting and EHLO
+
+def test_greeting_names_the_host(make):
+    session = make()            # the fixture checks the 220 line itself
+    assert session.state is State.CONNECTED
+
+
+def test_ehlo_lists_extensions(make):
+    session = make()
+    step = session.feed_line(b"EHLO client.example\r\n")
+    (reply,) = step.replies
+    lines = reply.text.split("\n")
+    assert reply.code == 250 and lines[0].startswith("mail.example.org")
+    for ext in ("PIPELINING", "SIZE 10240", "8BITMIME", "ENHANCEDSTATUSCODES", "SMTPUTF8",
+                "STARTTLS"):
+        assert ext in lines
+    assert "AUTH PLAIN LOGIN" not in lines          # no TLS yet, not loopback
+    assert session.state is State.READY
+
+
+def test_ehlo_offers_auth_on_loopback_and_after_tls(make):
+    assert "AUTH PLAIN LOGIN" in reply_of(make(ip="127.0.0.1"), "EHLO x").text
+    session = make(tls=TLS)
+    text = reply_of(session, "EHLO x").text
+    assert "AUTH PLAIN LOGIN" in text and "STARTTLS" not in text
+
+
+def test_ehlo_without_tls_configured_does_not_offer_starttls(make):
+    assert "STARTTLS" not in reply_of(make(tls_configured=False), "EHLO x").text
+
+
+def test_helo_is_plain_smtp(make):
+    session = make()
+    reply = reply_of(session, "HELO client.example")
+    assert (reply.code, reply.enhanced) == (250, None) and "\n" not in reply.text
+    assert session.esmtp is False
+
+
+@pytest.mark.parametrize("line", ["EHLO", "EHLO   ", "HELO", "EHLO two words"])
+def test_hello_needs_one_argument(make, line):
+    assert reply_of(make(), line).code == 501
+
+
+# ---------------------------------------------------------------- wrong states (503)
+
+@pytest.mark.parametrize("line", ["MAIL FROM:<a@example.com>", "RCPT TO:<alice@example.org>",
+                                  "DATA", "STARTTLS", "AUTH PLAIN"])
+def test_commands_before_ehlo_are_out_of_sequence(make, line):
+    reply = reply_of(make(), line)
+    assert (reply.code, reply.enhanced) == (503, "5.5.1")
+
+
+def test_rcpt_and_data_need_mail(make):
+    session = make()
+    send(session, "EHLO x")
+    assert reply_of(session, "RCPT TO:<alice@example.org>").code == 503
+    assert reply_of(session, "DATA").code == 503
+
+
+def test_nested_mail_is_refused(make):
+    session = make()
+    send(session, "EHLO x", "MAIL FROM:<a@example.com>")
+    assert reply_of(session, "MAIL FROM:<b@example.com>").code == 503
+    send(session, "RCPT TO:<alice@example.org>")
+    assert reply_of(session, "MAIL FROM:<b@example.com>").code == 503
+    assert reply_of(session, "STARTTLS").code == 503
+    assert reply_of(session, "AUTH PLAIN").code == 503
+
+
+def test_data_after_only_refused_recipients(make):
+    session = make()
+    codes, _ = send(session, "EHLO x", "MAIL FROM:<a@example.com>", "RCPT TO:<nobody@example.org>",
+                    "DATA")
+    assert codes == [250, 250, 550, 554]
+    assert session.state is State.MAIL
+
+
+# ---------------------------------------------------------------- unknown, syntax, limits
+
+def test_unknown_and_unimplemented_commands(make):
+    session = make()
+    assert reply_of(session, "FOO bar") == replies.UNKNOWN_COMMAND
+    assert reply_of(session, "EXPN staff") == replies.NOT_IMPLEMENTED
+    assert reply_of(session, "BDAT 10 LAST") == replies.NOT_IMPLEMENTED
+
+
+def test_nul_in_command(make):
+    session = make()
+    step = session.feed_line(b"NOOP\0x\r\n")
+    assert step.replies == [replies.NUL_IN_COMMAND]
+
+
+def test_too_many_errors_close_the_connection(make):
+    session = make()
+    for _ in range(20):
+        assert reply_of(session, "BOGUS").code == 500
+    step = session.feed_line(b"BOGUS\r\n")
+    assert [r.code for r in step.replies] == [500, 421]
+    assert step.action is Action.CLOSE and session.state is State.CLOSED
+
+
+def test_http_request_is_refused_and_closed(make):
+    session = make()
+    step = session.feed_line(b"GET / HTTP/1.1\r\n")
+    assert step.replies == [replies.HTTP_REFUSED] and step.action is Action.CLOSE
+
+
+def test_line_too_long_is_answered(make):
+    session = make()
+    assert session.line_too_long().replies == [replies.LINE_TOO_LONG]
+    assert session.state is State.CONNECTED
+
+
+@pytest.mark.parametrize("line, code", [
+    ("MAIL TO:<a@example.com>", 501), ("MAIL FROM:<a@example.com", 501),
+    ("MAIL FROM:<a@@example.com>", 501), ("MAIL FROM:<a@example.com> SIZE=abc", 501),
+    ("MAIL FROM:<a@example.com> SIZE=1 SIZE=2", 501), ("MAIL FROM:<a@example.com> RET=HDRS", 555),
+    ("MAIL FROM:<a@example.com> BODY=BINARYMIME", 555), ("MAIL FROM:<a@example.com> SIZE=20000", 552),
+    ("MAIL FROM:<jösé@example.com>", 553),
+])
+def test_mail_syntax_and_parameters(make, line, code):
+    session = make()
+    send(session, "EHLO x")
+    assert reply_of(session, line).code == code
+    assert session.state is State.READY
+
+
+def test_mail_parameters_accepted(make):
+    session = make()
+    send(session, "EHLO x")
+    reply = reply_of(session, "MAIL FROM:<a@example.com> SIZE=100 BODY=8BITMIME AUTH=<>")
+    assert reply == replies.SENDER_OK
+    assert session.transaction.declared_size == 100
+
+
+def test_null_sender_and_lenient_forms(make):
+    session = make()
+    send(session, "EHLO x")
+    assert reply_of(session, "MAIL FROM:<>").code == 250
+    assert session.transaction.sender is None
+    send(session, "RSET")
+    assert reply_of(session, "mail from: <a@example.com>").code == 250
+
+
+def test_rcpt_results(make):
+    session = make()
+    send(session, "EHLO x", "MAIL FROM:<a@example.com>")
+    assert reply_of(session, "RCPT TO:<alice@example.org>") == replies.RECIPIENT_OK
+    assert reply_of(session, "RCPT TO:<nobody@example.org>") == replies.NO_SUCH_USER
+    assert reply_of(session, "RCPT TO:<x@gmail.example>") == replies.RELAY_DENIED
+    assert reply_of(session, "RCPT TO:<fwd@example.org>").code == 250   # the alias decides
+    assert reply_of(session, "RCPT TO:<Postmaster>").code == 250        # RFC 5321 4.5.1
+    assert reply_of(session, "RCPT TO:<alice@example.org> NOTIFY=NEVER").code == 555
+    assert reply_of(session, "RCPT TO:<>").code == 501
+    assert reply_of(session, "RCPT FROM:<alice@example.org>").code == 501
+
+
+def test_max_recipients(make):
+    session = make()
+    codes, _ = send(session, "EHLO x", "MAIL FROM:<a@example.com>",
+                    *(f"RCPT TO:<alice+{i}@example.org>" for i in range(4)))
+    assert codes == [250, 250, 250, 250, 250, 452]
+
+
+def test_trusted_network_may_relay(make):
+    session = make(ip="10.1.2.3")
+    send(session, "EHLO x", "MAIL FROM:<a@example.com>")
+    assert reply_of(session, "RCPT TO:<x@gmail.example>").code == 250
+
+
+def test_smtputf8_recipient_needs_the_parameter(make):
+    session = make()
+    send(session, "EHLO x", "MAIL FROM:<a@example.com>")
+    assert reply_of(session, "RCPT TO:<jösé@example.net>").code == 553
+    send(session, "RSET", "MAIL FROM:<jösé@example.com> SMTPUTF8")
+    assert session.transaction.utf8
+    assert reply_of(session, "RCPT TO:<jösé@example.net>").code == 550   # no catch-all here
+
+
+# ---------------------------------------------------------------- simple commands
+
+def test_noop_rset_help_vrfy_quit(make):
+    session = make()
+    send(session, "EHLO x", "MAIL FROM:<a@example.com>")
+    assert reply_of(session, "NOOP anything") == replies.OK
+    assert reply_of(session, "RSET") == replies.RESET_OK and session.transaction is None
+    assert reply_of(session, "HELP").code == 214
+    assert reply_of(session, "VRFY alice") == replies.CANNOT_VRFY
+    assert reply_of(session, "VRFY nobody") == replies.CANNOT_VRFY
+    assert reply_of(session, "VRFY").code == 501
+    step = session.feed_line(b"QUIT\r\n")
+    assert step.replies == [replies.BYE] and step.action is Action.CLOSE
+    assert session.feed_line(b"NOOP\r\n").replies == []
+
+
+def test_commands_are_case_insensitive_and_accept_bare_lf(make):
+    session = make()
+    assert session.feed_line(b"ehlo x\n").replies[0].code == 250
+    assert session.feed_line(b"nOoP\n").replies == [replies.OK]
+
+
+# ---------------------------------------------------------------- STARTTLS
+
+def test_starttls_flow_resets_everything(make):
+    session = make(ip="127.0.0.1")
+    send(session, "EHLO x")
+    assert login(session) == replies.AUTH_OK
+    step = session.feed_line(b"STARTTLS\r\n")
+    assert step.replies == [replies.READY_FOR_TLS] and step.action is Action.START_TLS
+    session.tls_started(TLS)
+    assert session.state is State.CONNECTED and session.user is None and session.helo is None
+    assert reply_of(session, "MAIL FROM:<a@example.com>").code == 503
+    assert "STARTTLS" not in reply_of(session, "EHLO x").text
+    assert reply_of(session, "STARTTLS").code == 503
+
+
+def test_starttls_refusals(make):
+    session = make(tls_configured=False)
+    send(session, "EHLO x")
+    assert reply_of(session, "STARTTLS") == replies.NOT_IMPLEMENTED
+    session = make()
+    send(session, "EHLO x")
+    assert reply_of(session, "STARTTLS now").code == 501
+
+
+# ---------------------------------------------------------------- AUTH
+
+def test_auth_needs_tls_from_strangers(make):
+    session = make()
+    send(session, "EHLO x")
+    assert reply_of(session, "AUTH PLAIN") == replies.ENCRYPTION_REQUIRED
+
+
+def test_auth_plain_with_initial_response(make):
+    session = make(tls=TLS)
+    send(session, "EHLO x")
+    assert login(session) == replies.AUTH_OK and session.user == "bhayden"
+    assert login(session).code == 503                     # already authenticated
+
+
+def test_auth_plain_in_two_steps_and_login_name_with_domain(make):
+    session = make(tls=TLS)
+    send(session, "EHLO x")
+    step = session.feed_line(b"AUTH PLAIN\r\n")
+    assert step.replies[0].code == 334 and session.state is State.AUTH
+    token = base64.b64encode(f"\0alice@example.net\0{PASSWORD}".encode())
+    assert session.feed_line(token + b"\r\n").replies == [replies.AUTH_OK]
+    assert session.user == "alice"
+
+
+def test_auth_login(make):
+    session = make(tls=TLS)
+    send(session, "EHLO x")
+    reply = reply_of(session, "AUTH LOGIN")
+    assert (reply.code, reply.text) == (334, "VXNlcm5hbWU6")
+    reply = reply_of(session, base64.b64encode(b"bhayden").decode())
+    assert (reply.code, reply.text) == (334, "UGFzc3dvcmQ6")
+    assert reply_of(session, base64.b64encode(PASSWORD.encode()).decode()) == replies.AUTH_OK
+
+
+def test_auth_login_with_initial_username(make):
+    session = make(tls=TLS)
+    send(session, "EHLO x")
+    reply = reply_of(session, "AUTH LOGIN " + base64.b64encode(b"bhayden").decode())
+    assert reply.text == "UGFzc3dvcmQ6"
+
+
+def test_auth_failures(make):
+    session = make(tls=TLS)
+    send(session, "EHLO x")
+    assert login(session, password="wrong") == replies.AUTH_FAILED
+    assert login(session, user="nobody") == replies.AUTH_FAILED
+    assert reply_of(session, "AUTH CRAM-MD5") == replies.UNKNOWN_MECHANISM
+    assert reply_of(session, "AUTH PLAIN !!notbase64").code == 501
+    assert reply_of(session, "AUTH").code == 501
+    reply_of(session, "AUTH PLAIN")
+    assert reply_of(session, "*") == replies.AUTH_CANCELLED
+    assert session.state is State.READY and session.user is None
+
+
+def test_auth_lockout_is_shared_across_sessions(make, env):
+    session = make(tls=TLS)
+    send(session, "EHLO x")
+    for _ in range(5):
+        assert login(session, password="wrong") == replies.AUTH_FAILED
+    assert login(session) == replies.AUTH_LOCKED
+    other = SmtpSession(session.runtime, session.services, ClientInfo("192.0.2.7", 1, "smtp", TLS))
+    other.greeting()
+    send(other, "EHLO x")
+    assert reply_of(other, "AUTH PLAIN") == replies.AUTH_LOCKED
+    elsewhere = SmtpSession(session.runtime, session.services,
+                            ClientInfo("192.0.2.8", 1, "smtp", TLS))
+    elsewhere.greeting()
+    send(elsewhere, "EHLO x")
+    assert login(elsewhere) == replies.AUTH_OK               # only that IP is locked
+
+
+def test_submission_requires_login(make):
+    session = make(listener="submission", tls=TLS)
+    send(session, "EHLO x")
+    assert reply_of(session, "MAIL FROM:<bhayden@example.org>") == replies.AUTH_REQUIRED
+    session = make(listener="submission")
+    send(session, "EHLO x")
+    assert reply_of(session, "MAIL FROM:<bhayden@example.org>") == replies.TLS_REQUIRED
+
+
+def test_logged_in_user_sender_must_route_to_them(make):
+    session = make(listener="submission", tls=TLS)
+    send(session, "EHLO x")
+    login(session, user="alice")
+    assert reply_of(session, "MAIL FROM:<bhayden@example.org>").code == 553
+    assert reply_of(session, "MAIL FROM:<alice+x@example.net>").code == 250
+    send(session, "RSET")
+    assert reply_of(session, "MAIL FROM:<sales@example.net>").code == 250
+    send(session, "RSET")
+    assert reply_of(session, "MAIL FROM:<>").code == 250
+    assert reply_of(session, "RCPT TO:<x@gmail.example>").code == 250   # logged in: may relay
+
+
+# ---------------------------------------------------------------- DATA
+
+def start_data(session, *recipients, sender="a@example.com"):
+    codes, step = send(session, "EHLO client.example", f"MAIL FROM:<{sender}>",
+                       *(f"RCPT TO:<{r}>" for r in recipients), "DATA")
+    assert codes[-1] == 354, codes
+    assert session.receiving_data
+
+
+def test_data_is_delivered_with_trace_headers(make):
+    session = make()
+    start_data(session, "alice@example.org", "sales@example.net")
+    step = session.feed_data(b"Subject: hi\r\n\r\n..leading dot\r\nline\r\n.\r\nNOOP\r\n")
+    (reply,) = step.replies
+    assert reply.code == 250 and reply.text.startswith("OK: queued as ")
+    assert step.leftover == b"NOOP\r\n"
+    assert session.state is State.READY and session.transaction is None
+    (alice,) = stored(session, "alice")
+    (bhayden,) = stored(session, "bhayden")
+    assert alice == bhayden
+    assert alice.startswith(b"Return-Path: <a@example.com>\nReceived: from client.example "
+                            b"([192.0.2.7])\n\tby mail.example.org (mailbox_appliance) with ESMTP id ")
+    assert alice.endswith(b"\nSubject: hi\n\n.leading dot\nline\n")
+
+
+def test_received_header_names_one_recipient_tls_and_login(make):
+    session = make(tls=TLS)
+    send(session, "EHLO x")
+    login(session, user="alice")
+    start_data(session, "bhayden@example.org", sender="alice@example.org")
+    data(session, b"x\r\n.\r\n")
+    (message,) = stored(session, "bhayden")
+    head = message.split(b"\nx\n")[0].decode()
+    assert "with ESMTPSA id" in head and "using TLSv1.3 with cipher" in head
+    assert "for <bhayden@example.org>;" in head
+
+
+def test_empty_message_and_immediate_end(make):
+    session = make()
+    start_data(session, "alice@example.org")
+    step = session.feed_data(b".\r\n")
+    assert step.replies[0].code == 250
+    (message,) = stored(session, "alice")
+    assert message.startswith(b"Return-Path:")
+
+
+def test_message_too_big(make):
+    session = make()
+    start_data(session, "alice@example.org")
+    step = data(session, b"x" * 50 + (b"y" * 900 + b"\r\n") * 12 + b".\r\n", chunk=4096)
+    assert step.replies == [replies.MESSAGE_TOO_BIG]
+    assert stored(session, "alice") == []
+    assert list((session.services.store.path("alice") / "tmp").iterdir()) == []
+
+
+def test_overlong_data_line(make):
+    session = make()
+    start_data(session, "alice@example.org")
+    step = data(session, b"a" * 999 + b"\r\n.\r\n", chunk=100)
+    assert step.replies == [replies.DATA_LINE_TOO_LONG]
+    assert stored(session, "alice") == []
+
+
+def test_mail_loop_is_refused(make):
+    session = make()
+    start_data(session, "alice@example.org")
+    step = data(session, b"Received: x\r\n" * 30 + b"\r\nbody\r\n.\r\n", chunk=64)
+    assert step.replies == [replies.TOO_MANY_HOPS]
+    session.feed_line(b"RSET\r\n")
+    start_data(session, "alice@example.org")
+    step = data(session, b"Received: x\r\n" * 28 + b"\r\nReceived: in body\r\n.\r\n", chunk=64)
+    assert step.replies[0].code == 250
+
+
+def test_remote_recipient_goes_to_the_queue_without_return_path(make):
+    session = make(ip="10.0.0.1")
+    start_data(session, "alice@example.org", "friend@gmail.example", "fwd@example.org")
+    step = data(session, b"Subject: both\r\n\r\nhello\r\n.\r\n")
+    assert step.replies[0].code == 250
+    queue_id = step.replies[0].text.rsplit(" ", 1)[1]
+    spool = session.services.spool
+    envelope = spool.load(queue_id)
+    assert envelope.sender == "a@example.com"
+    assert [(r.address, r.original, r.state) for r in envelope.recipients] == [
+        ("friend@gmail.example", "", "pending"),
+        ("bhayden@gmail.example", "fwd@example.org", "pending")]
+    queued = spool.message_path(queue_id).read_bytes()
+    assert queued.startswith(b"Received: from client.example") and b"Return-Path" not in queued
+    (local,) = stored(session, "alice")
+    assert local == b"Return-Path: <a@example.com>\n" + queued
+
+
+def test_disconnect_during_data_leaves_nothing(make):
+    session = make()
+    start_data(session, "alice@example.org")
+    session.feed_data(b"Subject: partial\r\n\r\nsome")
+    session.close("client vanished")
+    assert stored(session, "alice") == []
+    assert list((session.services.store.path("alice") / "tmp").iterdir()) == []
+
+
+def test_timeout_and_shutdown_replies(make):
+    session = make()
+    step = session.timeout()
+    assert step.replies[0].code == 421 and step.replies[0].enhanced == "4.4.2"
+    assert step.action is Action.CLOSE
+    session = make()
+    step = session.shutdown()
+    assert step.replies[0].code == 421 and step.action is Action.CLOSE
+
+
+def filter_script(tmp_path, code: int) -> str:
+    script = tmp_path / f"filter{code}.sh"
+    script.write_text(f"#!/bin/sh\ncat > {tmp_path}/seen.txt\necho verdict >&2\nexit {code}\n")
+    script.chmod(0o755)
+    return f"filter_command = {script}\nfilter_timeout = 5s"
+
+
+@pytest.mark.parametrize("code, expected", [(0, 250), (1, 550), (75, 451)])
+def test_filter_verdicts_for_strangers(make, tmp_path, code, expected):
+    session = make(policy=filter_script(tmp_path, code))
+    start_data(session, "alice@example.org")
+    step = data(session, b"Subject: filtered\r\n\r\nbody\r\n.\r\n", chunk=1000)
+    assert step.replies[0].code == expected
+    assert (tmp_path / "seen.txt").read_bytes().endswith(b"\nSubject: filtered\n\nbody\n")
+    assert len(stored(session, "alice")) == (1 if expected == 250 else 0)
+
+
+def test_filter_timeout_is_a_temporary_failure(make, tmp_path):
+    script = tmp_path / "slow.sh"
+    script.write_text("#!/bin/sh\nsleep 10\n")
+    script.chmod(0o755)
+    session = make(policy=f"filter_command = {script}\nfilter_timeout = 0.3s")
+    start_data(session, "alice@example.org")
+    assert data(session, b"x\r\n.\r\n", chunk=100).replies == [replies.FILTER_TEMPFAIL]
+
+
+def test_filter_skipped_for_trusted_and_logged_in(make, tmp_path):
+    policy = filter_script(tmp_path, 1)
+    trusted = make(ip="10.9.9.9", policy=policy)
+    start_data(trusted, "alice@example.org")
+    assert data(trusted, b"x\r\n.\r\n", chunk=100).replies[0].code == 250
+    user = make(tls=TLS, policy=policy)
+    send(user, "EHLO x")
+    login(user)
+    start_data(user, "alice@example.org", sender="bhayden@example.org")
+    assert data(user, b"x\r\n.\r\n", chunk=100).replies[0].code == 250
+    assert not (tmp_path / "seen.txt").exists()
+
+
+def test_envelope_of_many_messages_on_one_connection(make):
+    session = make()
+    for n in range(3):
+        start_data(session, "alice@example.org") if n == 0 else \
+            send(session, "MAIL FROM:<a@example.com>", "RCPT TO:<alice@example.org>", "DATA")
+        assert data(session, b"n=%d\r\n.\r\n" % n).replies[0].code == 250
+    assert len(stored(session, "alice")) == 3
+    assert session.messages == 3
