@@ -19,6 +19,7 @@ from .logfmt import LOGGER_NAME, EventLog, LineFormatter
 from .services import Runtime, Services
 
 FORCED_CLOSE_WAIT = 5.0      # after the grace period: time for handlers to say 421 and go
+LOG_DRAIN_SECONDS = 0.05     # log lines reach the file at most this late
 
 
 class StartError(Exception):
@@ -26,6 +27,57 @@ class StartError(Exception):
 
 
 _listener: logging.handlers.QueueListener | None = None
+
+# Every record would otherwise look up the process id and thread name; the
+# key=value line carries its own ids.
+logging.logProcesses = False
+logging.logThreads = False
+logging.logMultiprocessing = False
+
+
+class BatchingListener(logging.handlers.QueueListener):
+    """Writes whatever has queued up in one go: one write and one flush per
+    burst of records, not per record."""
+
+    def _monitor(self) -> None:
+        # Sleep and drain rather than block in get(): a thread blocked in get()
+        # would have to be woken (a futex call and a context switch) for every
+        # record a session puts on the queue.
+        records = self.queue
+        while True:
+            batch = []
+            try:
+                while len(batch) < 4096:
+                    batch.append(records.get_nowait())
+            except queue.Empty:
+                pass
+            stop = any(item is self._sentinel for item in batch)
+            batch = [item for item in batch if item is not self._sentinel]
+            for handler in self.handlers:
+                _emit_batch(handler, batch)
+            if stop:
+                return
+            if len(batch) < 4096:
+                time.sleep(LOG_DRAIN_SECONDS)
+
+
+def _emit_batch(handler: logging.Handler, batch: list[logging.LogRecord]) -> None:
+    if not batch:
+        return
+    if isinstance(handler, logging.StreamHandler) and not \
+            isinstance(handler, logging.handlers.SysLogHandler):
+        if isinstance(handler, logging.handlers.WatchedFileHandler):
+            handler.reopenIfNeeded()
+        try:
+            text = "".join(handler.format(record) + handler.terminator for record in batch)
+            with handler.lock:
+                handler.stream.write(text)
+                handler.flush()
+        except Exception:
+            handler.handleError(batch[0])
+        return
+    for record in batch:
+        handler.handle(record)
 
 
 def configure_logging(config: Config) -> None:
@@ -53,7 +105,7 @@ def configure_logging(config: Config) -> None:
         handler = logging.handlers.WatchedFileHandler(target, encoding="utf-8")
         handler.setFormatter(LineFormatter())
     records: queue.SimpleQueue = queue.SimpleQueue()
-    _listener = logging.handlers.QueueListener(records, handler)
+    _listener = BatchingListener(records, handler)
     _listener.start()
     logger.addHandler(logging.handlers.QueueHandler(records))
     logger.setLevel(config.server.log_level.upper())

@@ -80,18 +80,19 @@ class Incoming:
         self._head_done = False
         self.hops = header.count(b"Received:")
 
-    @property
-    def path(self) -> Path:
+    def readable_path(self) -> Path:
+        """The file as written so far, complete on disk (for the content filter)."""
+        self._temp.flush()
         return self._temp.path
 
     @property
     def size(self) -> int:
         return self._temp.size
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, lines: int | None = None) -> None:
         if not self._head_done:
             self._scan_head(data)
-        self._temp.write(data)
+        self._temp.write(data, lines)
 
     def _scan_head(self, data: bytes) -> None:
         """Count the message's own Received: lines, for loop detection."""
@@ -119,7 +120,7 @@ class Incoming:
                 recipients=[Recipient(address=a, original=o) for a, o in self.destinations.remote])
             if self.destinations.mailboxes:
                 self._temp.finish()
-                accepted.queue_id = intake.spool.enqueue_copy(self.path, len(self._return_path),
+                accepted.queue_id = intake.spool.enqueue_copy(self._temp.path, len(self._return_path),
                                                               envelope)
             else:
                 accepted.queue_id = intake.spool.commit(self._temp, envelope)

@@ -15,6 +15,7 @@ import select
 import socket
 import socketserver
 import ssl
+import struct
 import threading
 import time
 from typing import Protocol
@@ -30,6 +31,7 @@ from .tls import info_of
 from .wire import LineReader, LineTooLong
 
 POLL_SECONDS = 0.5          # how often an idle connection checks for shutdown
+RECV_SIZE = 256 * 1024      # big reads: DATA is decoded a chunk at a time, not line by line
 LISTEN_BACKLOG = 1024       # a burst of connections waits in the kernel, not refused
 
 
@@ -122,25 +124,34 @@ class Connection:
         self.sock = sock
         self.app = app
         self.timeout = timeout
-        self.reader = LineReader(sock, wait=self._wait_readable)
+        self.reader = LineReader(sock, recv_size=RECV_SIZE, wait=self._wait_readable)
         self._out: list[bytes] = []
         self.dropped_before_tls = 0
         self._poller = select.poll()
         self._poller.register(sock, select.POLLIN)
-        sock.settimeout(timeout)           # bounds writes to a client that stops reading
+        self._set_timeouts(sock)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
 
-    def wait_for_input(self) -> None:
-        """Block until the client sent something; raise socket.timeout after the
-        command timeout, StopNow when the daemon closes connections."""
-        if not self.reader.has_buffered():
-            self._wait_readable()
+    def _set_timeouts(self, sock: socket.socket) -> None:
+        """Reads wait in _wait_readable's polls. A plain socket is left blocking,
+        with the kernel bounding a send to a client that stops reading: a Python
+        timeout would add a poll() to every recv and send. OpenSSL needs the
+        Python timeout to stay well-behaved, so TLS sockets keep it."""
+        if isinstance(sock, ssl.SSLSocket):
+            sock.settimeout(self.timeout)
+            return
+        sock.settimeout(None)
+        seconds = int(self.timeout)
+        micros = int((self.timeout - seconds) * 1_000_000)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", seconds, micros))
 
     def _wait_readable(self) -> None:
-        """Poll in short steps until the socket has data (also the middle of a line)."""
+        """Poll in short steps until the socket has data (also the middle of a line);
+        raise socket.timeout after the command timeout, StopNow when the daemon
+        closes connections."""
         pending = getattr(self.sock, "pending", None)     # decrypted bytes inside ssl
         if pending is not None and pending():
             return
@@ -169,7 +180,9 @@ class Connection:
         self.flush()
         dropped = self.reader.discard_buffer()
         self._poller.unregister(self.sock)
+        self.sock.settimeout(self.timeout)       # bounds the handshake
         tls_sock = context.wrap_socket(self.sock, server_side=True)
+        self._set_timeouts(tls_sock)
         self.sock = tls_sock
         self.reader.sock = tls_sock
         self._poller.register(tls_sock, select.POLLIN)
@@ -250,7 +263,6 @@ class SessionHandler(socketserver.BaseRequestHandler):
     def _next_step(self, conn: Connection, session) -> Step:
         try:
             if session.receiving_data:
-                conn.wait_for_input()
                 chunk = conn.reader.read_chunk()
                 if not chunk:
                     raise ClientGone("client disconnected during DATA")

@@ -35,6 +35,7 @@ from .durable import DirSyncer
 STALE_TEMP_AGE = 36 * 3600     # the Maildir convention's limit for files in tmp/
 MAX_UID_LENGTH = 70            # RFC 1939 7: a unique-id is 1 to 70 characters
 READ_CHUNK = 1 << 20
+WRITE_BUFFER = 64 * 1024       # small writes are gathered up to this before write()
 LOCK_FILE = ".pop3.lock"
 SEEN_FLAG = "S"
 
@@ -50,6 +51,12 @@ def _safe_host(hostname: str) -> str:
     return hostname.replace("/", r"\057").replace(":", r"\072").replace(",", r"\054")
 
 
+def _write_all(fd: int, data) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 class TempMessage:
     """A message being written to a Maildir's tmp/. Feed it LF-only bytes."""
 
@@ -60,23 +67,35 @@ class TempMessage:
         self.lines = 0              # LF characters, so the CRLF size is size + lines
         self._last = b"\n"
         self._synced = False
+        self._pending = bytearray()     # small writes gathered into one write()
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, lines: int | None = None) -> None:
+        """Append LF-only bytes; `lines` is their LF count when the caller knows it."""
         if not data:
             return
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view):]
         self.size += len(data)
-        self.lines += data.count(b"\n")
+        self.lines += data.count(b"\n") if lines is None else lines
         self._last = data[-1:]
         self._synced = False
+        if self._pending or len(data) < WRITE_BUFFER:
+            self._pending += data
+            if len(self._pending) >= WRITE_BUFFER:
+                self.flush()
+        else:
+            _write_all(self._fd, data)
+
+    def flush(self) -> None:
+        """Hand buffered bytes to the file (so another program can read them)."""
+        if self._pending:
+            _write_all(self._fd, self._pending)
+            self._pending = bytearray()
 
     def finish(self) -> None:
         """End with a newline (POP3 must end every message with CRLF) and fsync."""
         if self._last != b"\n":
             self.write(b"\n")
+        self.flush()
         if not self._synced:
             os.fsync(self._fd)
             self._synced = True
@@ -119,6 +138,7 @@ class MaildirStore:
         self.host = _safe_host(hostname or socket.gethostname())
         self.syncer = syncer or DirSyncer()
         self._known: set[str] = set()      # Maildirs seen to exist: no stat per message
+        self._pid = os.getpid()
 
     # ------------------------------------------------------------ layout
 
@@ -143,7 +163,7 @@ class MaildirStore:
     def _unique_base(self) -> str:
         now = time.time()
         seconds = int(now)
-        return (f"{seconds}.M{int((now - seconds) * 1_000_000)}P{os.getpid()}"
+        return (f"{seconds}.M{int((now - seconds) * 1_000_000)}P{self._pid}"
                 f"Q{next(_sequence)}.{self.host}")
 
     # ------------------------------------------------------------ delivery
@@ -173,12 +193,13 @@ class MaildirStore:
             temp.close()
             name = temp.final_name()
             created = {}
-            for mailbox in targets:
+            for number, mailbox in enumerate(targets):
+                last = number == len(targets) - 1       # the last copy takes the file itself
                 try:
-                    _link_or_copy(temp.path, self.ensure(mailbox) / "new" / name)
+                    _publish(temp.path, self.ensure(mailbox) / "new" / name, move=last)
                 except FileNotFoundError:       # the Maildir was removed under us
                     self._known.discard(mailbox)
-                    _link_or_copy(temp.path, self.ensure(mailbox) / "new" / name)
+                    _publish(temp.path, self.ensure(mailbox) / "new" / name, move=last)
                 created[mailbox] = name
             for mailbox in targets:
                 self.syncer.sync(self.path(mailbox) / "new")
@@ -340,9 +361,10 @@ class MailboxLock:
         self.release()
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
+def _publish(source: Path, target: Path, move: bool) -> None:
+    """Hard-link (or, for the last copy, rename) a written message into a new/."""
     try:
-        os.link(source, target)
+        (os.rename if move else os.link)(source, target)
     except OSError as error:
         if error.errno != errno.EXDEV:
             raise

@@ -489,7 +489,7 @@ class SmtpSession:
         too_big = receiver.size > self.config.limits.max_message_size
         if content and not too_big and not receiver.overlong and not self._write_error:
             try:
-                self._incoming.write(content)
+                self._incoming.write(content, receiver.lines)
             except OSError as error:          # disk full: read on to the end, then 451
                 self.log.error("data_failed", msg=self.transaction.id, reason=str(error))
                 self._write_error = True
@@ -536,7 +536,7 @@ class SmtpSession:
         if not self.config.policy.filter_command or self.user is not None or self.trusted:
             return None
         transaction = self.transaction
-        verdict = policy.run_filter(self.config, incoming.path, {
+        verdict = policy.run_filter(self.config, incoming.readable_path(), {
             "MAILBOX_APPLIANCE_SENDER": str(transaction.sender or ""),
             "MAILBOX_APPLIANCE_RECIPIENTS": " ".join(str(a) for a, _ in transaction.recipients),
             "MAILBOX_APPLIANCE_CLIENT": self.client.ip})

@@ -87,16 +87,25 @@ class LineReader:
     def __init__(self, sock, recv_size: int = RECV_SIZE, wait=None):
         self.sock = sock
         self._buf = bytearray()
-        self._recv_size = recv_size
+        # recv_into one reused buffer: a fresh 256 KB bytes object per recv() would
+        # cost an mmap and munmap every time.
+        self._scratch = memoryview(bytearray(recv_size))
         self.eof = False
         self.wait = wait            # called before blocking: may raise (timeout, shutdown)
 
-    def _fill(self) -> bool:
+    def _recv(self) -> bytes | None:
+        """One read from the socket; None when the client has gone."""
         if self.wait is not None:
             self.wait()
-        data = self.sock.recv(self._recv_size)
-        if not data:
+        count = self.sock.recv_into(self._scratch)
+        if not count:
             self.eof = True
+            return None
+        return self._scratch[:count]
+
+    def _fill(self) -> bool:
+        data = self._recv()
+        if data is None:
             return False
         self._buf += data
         return True
@@ -140,10 +149,8 @@ class LineReader:
             data = bytes(self._buf)
             self._buf.clear()
             return data
-        data = self.sock.recv(self._recv_size)
-        if not data:
-            self.eof = True
-        return data
+        data = self._recv()
+        return b"" if data is None else bytes(data)
 
     def unread(self, data: bytes) -> None:
         self._buf[:0] = data
@@ -184,6 +191,7 @@ class DataReceiver:
         self.leftover = b""                   # bytes after the end: pipelined commands
         self.octets = 0                       # message octets on the wire, dot-stuffed
         self.size = 0                         # message octets with CRLF, not stuffed (RFC 1870)
+        self.lines = 0                        # LFs in the content the last feed() returned
         self.overlong = False                 # some line exceeded 998 octets
 
     def feed(self, chunk: bytes) -> bytes:
@@ -203,6 +211,7 @@ class DataReceiver:
             self.overlong = True
             self._pending = self._pending[-4:]     # enough to see an end marker start
         if not region:
+            self.lines = 0
             return b""
         self._after_crlf = region.endswith(b"\r\n")
         self.octets += len(region)
@@ -213,6 +222,7 @@ class DataReceiver:
         self.leftover = rest
         self._pending = b""
         self.octets += len(region)
+        self.lines = 0
         return self._decode(region) if region else b""
 
     def _decode(self, region: bytes) -> bytes:
@@ -222,10 +232,12 @@ class DataReceiver:
             out = out.replace(b"\r", b"")
         if out.startswith(b".") or b"\n." in out:
             out = (b"\n" + out).replace(b"\n.", b"\n")[1:]
+        lines = out.split(b"\n")         # one pass gives the line count and the longest line
         if not self.overlong and len(out) > self._max_content and \
-                max(map(len, out.split(b"\n"))) > self._max_content:
+                max(map(len, lines)) > self._max_content:
             self.overlong = True
-        self.size += len(out) + out.count(b"\n")
+        self.lines = len(lines) - 1         # LFs in `out`: its CRLF size is len(out) + lines
+        self.size += len(out) + self.lines
         return out
 
 

@@ -151,10 +151,23 @@ _FIELD = re.compile(r'([A-Za-z_]+)=("(?:[^"\\]|\\.)*"|\S+)')
 _ESCAPES = {"n": "\n", "r": "\r", "t": "\t"}
 
 
+def settled_log(server: ServerProcess) -> str:
+    """The log once the server's log thread has written everything queued
+    (it writes in batches every 50 ms): the file stops growing."""
+    last = None
+    for _ in range(50):
+        text = server.log_text()
+        if text == last:
+            return text
+        last = text
+        time.sleep(0.2)
+    return last
+
+
 def log_events(server: ServerProcess, event: str) -> list[dict[str, str]]:
     """The key=value fields of every log line of `event`."""
     found = []
-    for line in server.log_text().splitlines():
+    for line in settled_log(server).splitlines():
         fields = {}
         for key, value in _FIELD.findall(line):
             if value.startswith('"'):
@@ -881,7 +894,7 @@ def test_auth_secrets_never_reach_the_debug_log(servers):
             expect(refusal(error), replies.AUTH_FAILED)
         else:
             raise AssertionError("wrong password accepted")
-    log = server.log_text()
+    log = settled_log(server)
     assert "event=recv" in log and "AUTH PLAIN ****" in log     # debug logging is on
     b64 = lambda text: base64.b64encode(text.encode()).decode()   # noqa: E731
     secrets = [PASSWORD, wrong, b64(f"\0bhayden\0{PASSWORD}"), b64(f"\0bhayden\0{wrong}"),

@@ -784,7 +784,8 @@ def test_sigkill_during_data_leaves_no_partial_message(servers, connect):
     client = connect(server)
     open_transaction(client)
     marker = uuid.uuid4().hex.encode()
-    client.send(b"Subject: partial\r\n\r\n" + marker + b"\r\n" + b"line\r\n" * 500)
+    # more than the store's 64 KB write buffer, so part of it reaches tmp/ before the kill
+    client.send(b"Subject: partial\r\n\r\n" + marker + b"\r\n" + b"line\r\n" * 20000)
 
     def written() -> bool:
         return any(marker in p.read_bytes() for p in files_in(server, "bhayden", "tmp"))
