@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import string
 from dataclasses import dataclass
+from functools import cached_property
 
 MAX_LOCAL_PART = 64      # RFC 5321 4.5.3.1.1, octets
 MAX_DOMAIN = 255         # RFC 5321 4.5.3.1.2, octets
@@ -33,8 +34,13 @@ class Address:
     domain: str   # lower case, A-labels; an address literal keeps its brackets
 
     def __str__(self) -> str:
-        return f"{format_local_part(self.local)}@{self.domain}" if self.domain else \
-            format_local_part(self.local)
+        return self.text
+
+    @cached_property
+    def text(self) -> str:
+        """The address as written in a path (computed once: logs and headers use it often)."""
+        local = format_local_part(self.local)
+        return f"{local}@{self.domain}" if self.domain else local
 
     def normalised(self) -> "Address":
         """The same mailbox with a case-insensitive local part, for local lookups."""

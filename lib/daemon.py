@@ -35,6 +35,16 @@ logging.logThreads = False
 logging.logMultiprocessing = False
 
 
+class FastQueueHandler(logging.handlers.QueueHandler):
+    """Our records carry a finished message and no arguments: queue them as they
+    are. The stock prepare() copies and re-formats every record."""
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        if record.args or record.exc_info:
+            return super().prepare(record)
+        return record
+
+
 class BatchingListener(logging.handlers.QueueListener):
     """Writes whatever has queued up in one go: one write and one flush per
     burst of records, not per record."""
@@ -107,7 +117,7 @@ def configure_logging(config: Config) -> None:
     records: queue.SimpleQueue = queue.SimpleQueue()
     _listener = BatchingListener(records, handler)
     _listener.start()
-    logger.addHandler(logging.handlers.QueueHandler(records))
+    logger.addHandler(FastQueueHandler(records))
     logger.setLevel(config.server.log_level.upper())
     logger.propagate = False
 

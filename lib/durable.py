@@ -22,12 +22,14 @@ def fsync_dir(path: str | os.PathLike) -> None:
 
 
 class _DirState:
-    __slots__ = ("tickets", "done", "running")
+    __slots__ = ("tickets", "done", "running", "fd", "reopen")
 
     def __init__(self):
         self.tickets = 0      # changes announced so far
         self.done = 0         # every ticket up to this one is on disk
-        self.running = False
+        self.running = False  # a thread is in fsync(); only it touches fd
+        self.fd = -1          # kept open: saves an open() and close() per fsync
+        self.reopen = False   # the path may name a new directory now
 
 
 class DirSyncer:
@@ -55,9 +57,16 @@ class DirSyncer:
                     break
                 self._cond.wait()
         try:
-            fsync_dir(key)
+            if state.fd < 0 or state.reopen:
+                if state.fd >= 0:
+                    os.close(state.fd)
+                    state.fd = -1
+                state.reopen = False
+                state.fd = os.open(key, os.O_RDONLY | os.O_DIRECTORY)
+            os.fsync(state.fd)
         except BaseException:
             with self._cond:
+                state.reopen = True
                 state.running = False
                 self._cond.notify_all()
             raise
@@ -65,6 +74,13 @@ class DirSyncer:
             state.done = max(state.done, covers)
             state.running = False
             self._cond.notify_all()
+
+    def forget(self, path: str | os.PathLike) -> None:
+        """`path` was (re)created: the next fsync must open it afresh."""
+        with self._cond:
+            state = self._dirs.get(os.fspath(path))
+            if state is not None:
+                state.reopen = True
 
 
 def write_synced(path: str | os.PathLike, data: bytes, mode: int = 0o600) -> None:

@@ -117,6 +117,11 @@ class MailServer(socketserver.ThreadingTCPServer):
         self.log.exception("handler_crashed", client=client_address[0])
 
 
+def _timeval(seconds: float) -> bytes:
+    whole = int(seconds)
+    return struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+
+
 class Connection:
     """A client socket with the reader, the output buffer and the waiting logic."""
 
@@ -124,7 +129,8 @@ class Connection:
         self.sock = sock
         self.app = app
         self.timeout = timeout
-        self.reader = LineReader(sock, recv_size=RECV_SIZE, wait=self._wait_readable)
+        self.reader = LineReader(sock, recv_size=RECV_SIZE, wait=self._wait)
+        self._deadline = 0.0
         self._out: list[bytes] = []
         self.dropped_before_tls = 0
         self._poller = select.poll()
@@ -136,30 +142,39 @@ class Connection:
             pass
 
     def _set_timeouts(self, sock: socket.socket) -> None:
-        """Reads wait in _wait_readable's polls. A plain socket is left blocking,
-        with the kernel bounding a send to a client that stops reading: a Python
+        """How reads wait. A plain socket is left blocking with kernel timeouts:
+        a read returns after POLL_SECONDS of silence so the handler can check
+        for shutdown, and a send to a client that stops reading gives up after
+        the command timeout; that costs one syscall per read, where a Python
         timeout would add a poll() to every recv and send. OpenSSL needs the
-        Python timeout to stay well-behaved, so TLS sockets keep it."""
+        Python timeout, so a TLS socket polls before reading instead."""
         if isinstance(sock, ssl.SSLSocket):
             sock.settimeout(self.timeout)
             return
         sock.settimeout(None)
-        seconds = int(self.timeout)
-        micros = int((self.timeout - seconds) * 1_000_000)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", seconds, micros))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(POLL_SECONDS))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(self.timeout))
 
-    def _wait_readable(self) -> None:
-        """Poll in short steps until the socket has data (also the middle of a line);
-        raise socket.timeout after the command timeout, StopNow when the daemon
-        closes connections."""
-        pending = getattr(self.sock, "pending", None)     # decrypted bytes inside ssl
-        if pending is not None and pending():
+    def _wait(self, first: bool) -> None:
+        """Called by the reader before and between reads: raise socket.timeout
+        after the command timeout, StopNow when the daemon closes connections."""
+        if first:
+            self._deadline = time.monotonic() + self.timeout
+        if isinstance(self.sock, ssl.SSLSocket):
+            self._poll_until_readable()
             return
-        deadline = time.monotonic() + self.timeout
+        if self.app.closing.is_set():
+            raise StopNow()
+        if time.monotonic() >= self._deadline:
+            raise socket.timeout("command timeout")
+
+    def _poll_until_readable(self) -> None:
+        if self.sock.pending():                  # decrypted bytes already inside ssl
+            return
         while True:
             if self.app.closing.is_set():
                 raise StopNow()
-            remaining = deadline - time.monotonic()
+            remaining = self._deadline - time.monotonic()
             if remaining <= 0:
                 raise socket.timeout("command timeout")
             if self._poller.poll(min(remaining, POLL_SECONDS) * 1000):

@@ -60,7 +60,7 @@ def _write_all(fd: int, data) -> None:
 class TempMessage:
     """A message being written to a Maildir's tmp/. Feed it LF-only bytes."""
 
-    def __init__(self, path: Path, base: str):
+    def __init__(self, path: str | os.PathLike, base: str):
         self.path = path
         self.base = base            # the unique part of the final name
         self.size = 0               # octets in the file
@@ -68,6 +68,7 @@ class TempMessage:
         self._last = b"\n"
         self._synced = False
         self._pending = bytearray()     # small writes gathered into one write()
+        self.moved = False              # renamed into place: nothing left to remove
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
 
     def write(self, data: bytes, lines: int | None = None) -> None:
@@ -113,7 +114,10 @@ class TempMessage:
             self._fd = -1
 
     def discard(self) -> None:
+        """Close, and remove the file unless a commit has moved it away."""
         self.close()
+        if self.moved:
+            return
         try:
             os.unlink(self.path)
         except FileNotFoundError:
@@ -155,10 +159,15 @@ class MaildirStore:
         if not (base / "cur").is_dir():
             for sub in ("", "tmp", "new", "cur"):
                 (base / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+                self.syncer.forget(base / sub)
             self.syncer.sync(base)
             self.syncer.sync(self.root)
         self._known.add(mailbox)
         return base
+
+    def _dir(self, mailbox: str, sub: str) -> str:
+        """`<root>/<mailbox>/<sub>` as a string, the Maildir created if need be."""
+        return os.path.join(self.ensure(mailbox), sub)
 
     def _unique_base(self) -> str:
         now = time.time()
@@ -173,7 +182,7 @@ class MaildirStore:
         while True:
             base = self._unique_base()
             try:
-                return TempMessage(self.ensure(mailbox) / "tmp" / base, base)
+                return TempMessage(os.path.join(self._dir(mailbox, "tmp"), base), base)
             except FileExistsError:
                 continue
             except FileNotFoundError:           # the Maildir was removed under us
@@ -196,13 +205,14 @@ class MaildirStore:
             for number, mailbox in enumerate(targets):
                 last = number == len(targets) - 1       # the last copy takes the file itself
                 try:
-                    _publish(temp.path, self.ensure(mailbox) / "new" / name, move=last)
+                    _publish(temp.path, os.path.join(self._dir(mailbox, "new"), name), last)
                 except FileNotFoundError:       # the Maildir was removed under us
                     self._known.discard(mailbox)
-                    _publish(temp.path, self.ensure(mailbox) / "new" / name, move=last)
+                    _publish(temp.path, os.path.join(self._dir(mailbox, "new"), name), last)
+                temp.moved = last
                 created[mailbox] = name
             for mailbox in targets:
-                self.syncer.sync(self.path(mailbox) / "new")
+                self.syncer.sync(self._dir(mailbox, "new"))
         finally:
             temp.discard()
         return created
@@ -361,7 +371,7 @@ class MailboxLock:
         self.release()
 
 
-def _publish(source: Path, target: Path, move: bool) -> None:
+def _publish(source: str, target: str, move: bool) -> None:
     """Hard-link (or, for the last copy, rename) a written message into a new/."""
     try:
         (os.rename if move else os.link)(source, target)
@@ -369,12 +379,15 @@ def _publish(source: Path, target: Path, move: bool) -> None:
         if error.errno != errno.EXDEV:
             raise
         # Another file system: copy the bytes, fsync them, then publish by rename.
-        staging = target.parent.parent / "tmp" / target.name
+        new_dir, name = os.path.split(target)
+        staging = os.path.join(os.path.dirname(new_dir), "tmp", name)
         with open(source, "rb") as src, open(staging, "xb") as dst:
             shutil.copyfileobj(src, dst, READ_CHUNK)
             dst.flush()
             os.fsync(dst.fileno())
         os.rename(staging, target)
+        if move:
+            os.unlink(source)
 
 
 def _sort_key(entry: os.DirEntry) -> tuple[int, str]:

@@ -91,17 +91,26 @@ class LineReader:
         # cost an mmap and munmap every time.
         self._scratch = memoryview(bytearray(recv_size))
         self.eof = False
-        self.wait = wait            # called before blocking: may raise (timeout, shutdown)
+        # wait(first) is called before each read and whenever a read comes back
+        # empty-handed (a socket with a receive timeout): it may raise to end
+        # the wait (timeout, shutdown).
+        self.wait = wait
 
     def _recv(self) -> bytes | None:
         """One read from the socket; None when the client has gone."""
-        if self.wait is not None:
-            self.wait()
-        count = self.sock.recv_into(self._scratch)
-        if not count:
-            self.eof = True
-            return None
-        return self._scratch[:count]
+        first = True
+        while True:
+            if self.wait is not None:
+                self.wait(first)
+            first = False
+            try:
+                count = self.sock.recv_into(self._scratch)
+            except BlockingIOError:          # the socket's receive timeout: ask again
+                continue
+            if not count:
+                self.eof = True
+                return None
+            return self._scratch[:count]
 
     def _fill(self) -> bool:
         data = self._recv()

@@ -201,7 +201,7 @@ def test_stale_temps_are_cleaned(store):
     os.utime(temp.path, (old, old))
     fresh = store.begin("alice")
     assert store.clean_stale_temps() == 1
-    assert files(store.path("alice") / "tmp") == [fresh.path.name]
+    assert files(store.path("alice") / "tmp") == [os.path.basename(fresh.path)]
     fresh.discard()
 
 
