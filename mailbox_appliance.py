@@ -14,4 +14,4 @@ sys.path.insert(0, str(SCRIPT_DIR))
 from lib.cli import main  # noqa: E402  (the path must be set first)
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:], SCRIPT_DIR))
+    sys.exit(main(sys.argv[1:], SCRIPT_DIR, sys.argv[0]))

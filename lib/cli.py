@@ -11,6 +11,7 @@ import getpass
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from . import config as config_module
@@ -101,6 +102,200 @@ def cmd_route(args) -> int:
     return EXIT_OK
 
 
+def _become_mail_user(runtime) -> None:
+    """Run by root: act as [server] user, so the files made stay the daemon's."""
+    from .daemon import drop_privileges
+    if os.geteuid() == 0:
+        drop_privileges(runtime.config)
+
+
+def _open_spool(runtime):
+    from .spool import Spool
+    _become_mail_user(runtime)
+    return Spool(runtime.config.server.data_dir / "queue")
+
+
+def cmd_queue(args) -> int:
+    runtime = load_runtime(args.config)
+    spool = _open_spool(runtime)
+    if args.action == "list":
+        return _queue_list(spool, args.json)
+    if args.action == "flush":
+        return _queue_flush(spool)
+    if not args.id:
+        raise UsageError("queue remove: which entry? (see: queue list)")
+    return _queue_remove(spool, args.id)
+
+
+def _queue_list(spool, as_json: bool) -> int:
+    from .config import format_duration
+    now = time.time()
+    entries = spool.entries()
+    for envelope in entries:
+        if as_json:
+            print(json.dumps({"id": envelope.id, "age": round(now - envelope.created),
+                              "sender": envelope.sender,
+                              "created": envelope.created,
+                              "recipients": [vars(r) for r in envelope.recipients]},
+                             ensure_ascii=False))
+            continue
+        age = format_duration(max(1, int(now - envelope.created)))
+        print(f"{envelope.id}  age {age}  from <{envelope.sender}>")
+        for r in envelope.recipients:
+            when = ""
+            if r.state == "pending":
+                wait = r.next_attempt - now
+                when = "  next try now" if wait <= 0 else \
+                    f"  next try in {format_duration(max(1, int(wait)))}"
+            print(f"    {r.address}  {r.state}  attempts {r.attempts}{when}")
+            if r.last_reply:
+                print(f"        last: {r.last_reply}" + (f" ({r.relay})" if r.relay else ""))
+    if not as_json:
+        print(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'} in the queue")
+    return EXIT_OK
+
+
+def _queue_flush(spool) -> int:
+    from .spool import QueueBusy
+    flushed = busy = 0
+    for queue_id in spool.ids():
+        try:
+            with spool.locked(queue_id):
+                envelope = spool.load(queue_id)
+                for recipient in envelope.pending:
+                    recipient.next_attempt = 0.0
+                spool.save(envelope)
+                flushed += 1
+        except QueueBusy:
+            busy += 1                       # being delivered right now anyway
+        except FileNotFoundError:
+            continue
+    spool.poke()
+    print(f"flushed {flushed} entr{'y' if flushed == 1 else 'ies'}"
+          + (f"; {busy} being delivered now" if busy else ""))
+    return EXIT_OK
+
+
+def _queue_remove(spool, queue_id: str) -> int:
+    from .spool import QueueBusy
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with spool.locked(queue_id):
+                spool.remove(queue_id)
+            print(f"removed {queue_id}")
+            return EXIT_OK
+        except FileNotFoundError:
+            print(f"queue remove: no entry {queue_id} (see: queue list)", file=sys.stderr)
+            return EXIT_FAILURE
+        except QueueBusy:
+            if time.monotonic() > deadline:
+                print(f"queue remove: {queue_id} is still being delivered; try again",
+                      file=sys.stderr)
+                return EXIT_FAILURE
+            time.sleep(0.5)
+
+
+def cmd_sendmail(args) -> int:
+    from .submit import SubmitError, prepare, submit
+    options = _sendmail_options(args.args)
+    runtime = load_runtime(args.config)
+    raw = sys.stdin.buffer.read(runtime.config.limits.max_message_size + 1)
+    if len(raw) > runtime.config.limits.max_message_size:
+        print("sendmail: message larger than [limits] max_message_size", file=sys.stderr)
+        return EXIT_FAILURE
+    if options["dot_ends"]:
+        raw = _cut_at_dot(raw)
+    try:
+        prepared = prepare(raw, runtime.hostname, options["sender"], options["recipients"],
+                           options["from_header"], options["full_name"])
+        if os.geteuid() == 0 or _queue_writable(runtime):
+            from .services import Services
+            _become_mail_user(runtime)
+            accepted = submit(runtime, Services.create(runtime.config), prepared,
+                              f"uid {os.getuid()}").id
+        else:
+            accepted = _submit_over_smtp(runtime, prepared)
+    except SubmitError as error:
+        print(f"sendmail: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    if options["verbose"]:
+        print(f"sendmail: accepted by {accepted}")
+    return EXIT_OK
+
+
+def _sendmail_options(args: list[str]) -> dict:
+    """The sendmail(8) options cron, mailx and scripts use; others are refused."""
+    options = {"sender": None, "full_name": None, "from_header": False, "dot_ends": True,
+               "verbose": False, "recipients": []}
+    items = list(args)
+    while items:
+        arg = items.pop(0)
+        if arg == "--":
+            options["recipients"] += items
+            break
+        if not arg.startswith("-") or arg == "-":
+            options["recipients"].append(arg)
+            continue
+        flag, value = arg[:2], arg[2:]
+        if flag in ("-f", "-F", "-r"):
+            if not value:
+                if not items:
+                    raise UsageError(f"sendmail: {flag} needs a value")
+                value = items.pop(0)
+            options["full_name" if flag == "-F" else "sender"] = value
+        elif arg == "-t":
+            options["from_header"] = True
+        elif arg in ("-i", "-oi"):
+            options["dot_ends"] = False
+        elif arg == "-v":
+            options["verbose"] = True
+        elif flag in ("-o", "-B") or arg in ("-odi", "-odb", "-odq", "-em", "-n"):
+            continue                          # delivery modes and encodings: nothing to do
+        else:
+            raise UsageError(f"sendmail: unknown option {arg}")
+    if options["sender"] == "<>":
+        options["sender"] = ""
+    return options
+
+
+def _cut_at_dot(raw: bytes) -> bytes:
+    """Without -i, a line with a single '.' ends the message (sendmail tradition)."""
+    for marker in (b"\n.\n", b"\n.\r\n"):
+        end = raw.find(marker)
+        if end >= 0:
+            return raw[:end + 1]
+    if raw.startswith((b".\n", b".\r\n")):
+        return b""
+    return raw
+
+
+def _queue_writable(runtime) -> bool:
+    queue = runtime.config.server.data_dir / "queue"
+    return os.access(queue if queue.exists() else runtime.config.server.data_dir, os.W_OK)
+
+
+def _submit_over_smtp(runtime, prepared) -> str:
+    """A user who may not write the queue hands the message to the running
+    server's smtp listener on this machine instead."""
+    import smtplib
+    from .submit import SubmitError
+    listeners = runtime.config.listen.smtp
+    if not listeners:
+        raise SubmitError("cannot write the queue and no [listen] smtp to hand the message to")
+    address = listeners[0]
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address.host, address.host)
+    try:
+        with smtplib.SMTP(host, address.port, timeout=60) as client:
+            client.sendmail(str(prepared.sender) if prepared.sender else "",
+                            [str(r) for r in prepared.recipients],
+                            prepared.message.replace(b"\n", b"\r\n"))
+    except (OSError, smtplib.SMTPException) as error:
+        raise SubmitError(f"cannot write the queue, and the server at {host}:{address.port} "
+                          f"did not take the message: {error}") from None
+    return f"the server at {host}:{address.port}"
+
+
 def cmd_passwd(args) -> int:
     if sys.stdin.isatty():
         first = getpass.getpass("New password: ")
@@ -145,10 +340,24 @@ def build_parser(script_dir: Path) -> argparse.ArgumentParser:
     passwd = commands.add_parser("passwd", parents=[common],
                                  help="hash a password for [mailboxes]")
     passwd.set_defaults(run=cmd_passwd)
+
+    queue = commands.add_parser("queue", parents=[common], help="the outbound queue")
+    queue.add_argument("action", choices=("list", "flush", "remove"))
+    queue.add_argument("id", nargs="?", help="queue id (for remove)")
+    queue.add_argument("--json", action="store_true", help="list: one JSON object per line")
+    queue.set_defaults(run=cmd_queue)
+
+    sendmail = commands.add_parser(
+        "sendmail", help="queue a message read from stdin, like /usr/sbin/sendmail",
+        usage="%(prog)s [-f SENDER] [-F NAME] [-t] [-i] RECIPIENT...")
+    sendmail.add_argument("args", nargs=argparse.REMAINDER)
+    sendmail.set_defaults(run=cmd_sendmail)
     return parser
 
 
-def main(argv: list[str], script_dir: Path) -> int:
+def main(argv: list[str], script_dir: Path, program: str = "mailbox_appliance.py") -> int:
+    if Path(program).name == "sendmail":      # installed as /usr/sbin/sendmail
+        argv = ["sendmail", *argv]
     parser = build_parser(script_dir)
     args = parser.parse_args(argv)
     args.config = getattr(args, "config", None) or default_config_path(script_dir)

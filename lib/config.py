@@ -273,6 +273,7 @@ class RelaySection:
     smarthost_tls: str
     smarthost_user: str
     smarthost_password: str
+    smarthost_ca_file: str
     retry: tuple[float, ...]
     give_up_after: float
     nameservers: tuple[HostPort, ...]
@@ -321,6 +322,7 @@ SCHEMA: dict[str, tuple[type, tuple[Key, ...]]] = {
         Key("smarthost_tls", to_choice("starttls", "tls", "none"), "starttls"),
         Key("smarthost_user", to_text, ""),
         Key("smarthost_password", to_text, ""),
+        Key("smarthost_ca_file", to_text, ""),
         Key("retry", to_duration_list, "5m, 15m, 30m, 1h, 2h, 4h"),
         Key("give_up_after", to_duration, "5d"),
         Key("nameservers", to_nameservers, ""),
@@ -433,7 +435,7 @@ def _build(parser: configparser.ConfigParser, path: Path,
               for name, (cls, keys) in SCHEMA.items()}
     server = _finish_server(values["server"], base)
     tls = _finish_tls(values["tls"], base)
-    relay = _finish_relay(values["relay"])
+    relay = _finish_relay(values["relay"], base)
     listen = values["listen"]
     _check_listeners(listen, tls)
     mailboxes = _mailboxes(parser)
@@ -506,7 +508,7 @@ def _check_listeners(listen: ListenSection, tls: TlsSection) -> None:
             raise ConfigError("listen", kind, "needs [tls] cert and key (it speaks TLS only)")
 
 
-def _finish_relay(relay: RelaySection) -> RelaySection:
+def _finish_relay(relay: RelaySection, base: Path) -> RelaySection:
     smarthost = None
     tls_mode = relay.smarthost_tls
     if relay.smarthost:
@@ -524,9 +526,15 @@ def _finish_relay(relay: RelaySection) -> RelaySection:
     if relay.smarthost_password and tls_mode == "none":
         raise ConfigError("relay", "smarthost_password",
                           "refusing to send a password without TLS (smarthost_tls = none)")
+    ca_file = ""
+    if relay.smarthost_ca_file:
+        ca_file = str((base / relay.smarthost_ca_file).resolve())
+        if not Path(ca_file).is_file():
+            raise ConfigError("relay", "smarthost_ca_file", f"file not found: {ca_file}")
     return RelaySection(mode=mode, smarthost=smarthost, smarthost_tls=tls_mode,
                         smarthost_user=relay.smarthost_user,
-                        smarthost_password=relay.smarthost_password, retry=relay.retry,
+                        smarthost_password=relay.smarthost_password,
+                        smarthost_ca_file=ca_file, retry=relay.retry,
                         give_up_after=relay.give_up_after, nameservers=relay.nameservers,
                         mx_port=relay.mx_port)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import pwd
 import queue
 import signal
 import sys
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 from .config import Config
+from .delivery import QueueRunner
 from .listeners import MailServer, SessionHandler
 from .logfmt import LOGGER_NAME, EventLog, LineFormatter
 from .services import Runtime, Services
@@ -144,6 +146,7 @@ class Daemon:
         self._stop = threading.Event()
         self._servers: dict[tuple, MailServer] = {}
         self._threads: list[threading.Thread] = []
+        self.runner: QueueRunner | None = None
 
     # ------------------------------------------------------------ start
 
@@ -187,9 +190,12 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_stop_signal)
         self.prepare_storage()
         self.bind()
+        drop_privileges(self.runtime.config, self.log)
         self.start()
+        self.runner = QueueRunner(self)
+        self.runner.start()
         self.log.info("started", pid=os.getpid(), config=str(self.config_path),
-                      hostname=self.runtime.hostname)
+                      hostname=self.runtime.hostname, user=_user_name())
         while not self._stop.wait(1.0):
             pass
         self.stop()
@@ -223,7 +229,58 @@ class Daemon:
             deadline = time.monotonic() + FORCED_CLOSE_WAIT
             while connections.total > 0 and time.monotonic() < deadline:
                 time.sleep(0.05)
+        if self.runner is not None:
+            self.runner.stop(timeout=FORCED_CLOSE_WAIT)
         self.log.info("stopped", remaining=connections.total)
+
+
+def drop_privileges(config: Config, log: EventLog | None = None) -> None:
+    """Started as root: become [server] user (its groups, then its gid, then its
+    uid), after making data_dir and the log file its own. Refuses to go on as
+    root when the switch does not take. Not root: nothing to do."""
+    if os.geteuid() != 0:
+        return
+    name = config.server.user
+    if not name:
+        if log is not None:
+            log.warning("running_as_root", reason="[server] user is not set")
+        return
+    try:
+        account = pwd.getpwnam(name)
+    except KeyError:
+        raise StartError(f"[server] user: no such user {name!r}") from None
+    _give_to(config.server.data_dir, account.pw_uid, account.pw_gid)
+    if config.server.log not in ("stderr", "syslog") and os.path.exists(config.server.log):
+        os.chown(config.server.log, account.pw_uid, account.pw_gid)
+    try:
+        os.initgroups(name, account.pw_gid)      # its supplementary groups, e.g. ssl-cert
+        os.setgid(account.pw_gid)
+        os.setuid(account.pw_uid)
+    except OSError as error:
+        raise StartError(f"[server] user: cannot switch to {name}: {error.strerror}") from None
+    if os.geteuid() == 0 or os.getuid() == 0:
+        raise StartError(f"[server] user: still root after switching to {name}; refusing to run")
+    try:
+        os.setuid(0)
+    except PermissionError:
+        return                                   # as it should be: no way back to root
+    raise StartError(f"[server] user: could regain root after switching to {name}; refusing")
+
+
+def _give_to(data_dir: Path, uid: int, gid: int) -> None:
+    """chown -R data_dir to the mail user when it is not theirs already."""
+    if data_dir.stat().st_uid == uid:
+        return
+    for folder, dirs, files in os.walk(data_dir):
+        for name in [folder] + [os.path.join(folder, n) for n in dirs + files]:
+            os.lchown(name, uid, gid)
+
+
+def _user_name() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
 
 
 def serve(config_path: Path, runtime: Runtime) -> int:

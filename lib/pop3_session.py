@@ -422,7 +422,7 @@ def _lines(lines: list[str]) -> Iterator[bytes]:
 
 def _stream(handle, foreign: bool) -> Iterator[bytes]:
     """RETR: the file in chunks, CRLF and byte-stuffed, then '.'; always closes the file."""
-    encoder = wire.Pop3Encoder(foreign)
+    encoder = wire.MessageEncoder(foreign)
     try:
         while chunk := handle.read(READ_CHUNK):
             out = encoder.feed(chunk)
@@ -435,7 +435,7 @@ def _stream(handle, foreign: bool) -> Iterator[bytes]:
 
 def _top(handle, foreign: bool, body_lines: int) -> Iterator[bytes]:
     """TOP: the header, the blank line, then `body_lines` lines of the body."""
-    encoder = wire.Pop3Encoder(foreign)
+    encoder = wire.MessageEncoder(foreign)
     try:
         in_header = True
         left = body_lines

@@ -30,7 +30,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .durable import DirSyncer, replace_durably, temp_name, write_synced
 from .maildir import TempMessage
@@ -59,6 +59,8 @@ class Recipient:
     next_attempt: float = 0.0
     last_reply: str = ""
     original: str = ""          # the address the client gave, when an alias forwarded it
+    relay: str = ""             # the host that gave last_reply: host[ip]:port
+    reported: bool = False      # failed, and the sender has had a DSN about it
 
 
 @dataclass
@@ -69,7 +71,6 @@ class Envelope:
     created: float
     utf8: bool = False          # SMTPUTF8 was used (RFC 6531)
     origin: dict = field(default_factory=dict)   # session, client, for the log and DSNs
-    bounced: bool = False       # a DSN was queued for the failed recipients
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), ensure_ascii=False, indent=1).encode("utf-8")
@@ -101,6 +102,9 @@ class Spool:
         self.tmp = self.root / "tmp"
         self.entries_dir = self.root / "entries"
         self.syncer = syncer or DirSyncer()
+        # Set by a queue runner in this process: told of each new entry at once.
+        # Without one (the sendmail command), the wake file tells the daemon.
+        self.notify: Callable[[str], None] | None = None
         for directory in (self.root, self.tmp, self.entries_dir):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
@@ -138,7 +142,10 @@ class Spool:
             _unlink_quietly(self.message_path(envelope.id))
             _unlink_quietly(self.envelope_path(envelope.id))
             raise
-        self.poke()
+        if self.notify is not None:
+            self.notify(envelope.id)
+        else:
+            self.poke()
         return envelope.id
 
     def enqueue_copy(self, source: Path, skip: int, envelope: Envelope) -> str:

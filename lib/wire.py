@@ -250,12 +250,12 @@ class DataReceiver:
         return out
 
 
-# ---------------------------------------------------------------- POP3 output
+# ---------------------------------------------------------------- POP3 RETR and SMTP DATA output
 
-class Pop3Encoder:
+class MessageEncoder:
     """A stored message -> its octets on the wire: CRLF line endings, lines
-    starting with "." byte-stuffed (RFC 1939 3), a final CRLF added when the
-    file lacks one. `foreign` files (written by another program) may already
+    starting with "." byte-stuffed (RFC 1939 3, RFC 5321 4.5.2), a final CRLF
+    added when the file lacks one, and the closing "." line. `foreign` files (written by another program) may already
     hold CRLF; our own hold LF only. The size of the output before stuffing
     is what CrlfCounter (and the ,W= of our names) says.
     """

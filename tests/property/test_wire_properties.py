@@ -72,14 +72,14 @@ lf_message = st.lists(st.sampled_from([b"a", b".", b"\n", b"..", b"x" * 5]), max
 
 @given(lf_message, st.lists(st.integers(min_value=0, max_value=300), max_size=6))
 def test_pop3_encoder_matches_reference_for_our_files(data, cuts):
-    encoder = wire.Pop3Encoder(foreign=False)
+    encoder = wire.MessageEncoder(foreign=False)
     out = b"".join(encoder.feed(piece) for piece in split(data, cuts)) + encoder.finish()
     assert out == reference_pop3(data, foreign=False)
 
 
 @given(message, st.lists(st.integers(min_value=0, max_value=500), max_size=6))
 def test_pop3_encoder_size_equals_counter_for_any_file(data, cuts):
-    encoder = wire.Pop3Encoder(foreign=True)
+    encoder = wire.MessageEncoder(foreign=True)
     out = b"".join(encoder.feed(piece) for piece in split(data, cuts)) + encoder.finish()
     unstuffed = out[:-3].replace(b"\r\n..", b"\r\n.")
     if unstuffed.startswith(b".."):

@@ -1,0 +1,124 @@
+"""Local submission: a message handed over by a program (the `sendmail`
+command, cron) made ready to send — missing Date, Message-ID and From added,
+recipients taken from the header with -t — and passed to the intake.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import getpass
+import os
+import re
+from dataclasses import dataclass
+
+from . import wire
+from .addresses import Address, AddressError, parse_mailbox
+from .intake import Accepted, Destinations
+from .router import REJECTED
+from .services import Runtime, Services
+from .spool import new_id
+
+RECIPIENT_HEADERS = ("to", "cc", "bcc")
+_HEADER_NAME = re.compile(rb"^([!-9;-~]+):")
+
+
+class SubmitError(Exception):
+    """The message or an address cannot be submitted; the text says why."""
+
+
+@dataclass
+class Prepared:
+    message: bytes                  # LF line endings, header completed
+    sender: Address | None
+    recipients: list[Address]
+
+
+def split_message(data: bytes) -> tuple[list[bytes], bytes]:
+    """(header lines with their continuations joined, body) of an LF message."""
+    end = data.find(b"\n\n")
+    if data.startswith(b"\n"):
+        return [], data[1:]
+    head, body = (data, b"") if end < 0 else (data[:end + 1], data[end + 2:])
+    fields: list[bytes] = []
+    for line in head.split(b"\n"):
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += b"\n" + line
+        else:
+            fields.append(line)
+    return fields, body
+
+
+def _name(field: bytes) -> str:
+    match = _HEADER_NAME.match(field)
+    return match.group(1).decode("ascii").lower() if match else ""
+
+
+def _addresses(fields: list[bytes], names: tuple[str, ...]) -> list[str]:
+    values = [f.split(b":", 1)[1].decode("utf-8", "replace") for f in fields if _name(f) in names]
+    return [address for _, address in email.utils.getaddresses(values) if address]
+
+
+def default_sender(hostname: str) -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid{os.getuid()}"
+    return f"{user}@{hostname}"
+
+
+def prepare(raw: bytes, hostname: str, sender: str | None, recipients: list[str],
+            from_header_recipients: bool, full_name: str | None = None) -> Prepared:
+    """Complete the header of a message read from a program; work out the envelope."""
+    converter = wire.LfConverter()
+    data = converter.feed(raw) + converter.flush()
+    fields, body = split_message(data)
+    names = {_name(field) for field in fields}
+    envelope_from = sender if sender is not None else default_sender(hostname)
+    wanted = list(recipients)
+    if from_header_recipients:
+        wanted += _addresses(fields, RECIPIENT_HEADERS)
+        fields = [f for f in fields if _name(f) != "bcc"]     # -t: Bcc is not shown
+    if not wanted:
+        raise SubmitError("no recipients (give addresses, or -t to read them from the header)")
+    added = []
+    if "from" not in names:
+        shown = email.utils.formataddr((full_name, envelope_from)) if full_name else envelope_from
+        added.append(f"From: {shown}".encode())
+    if "date" not in names:
+        added.append(f"Date: {email.utils.formatdate(localtime=True)}".encode())
+    if "message-id" not in names:
+        added.append(f"Message-ID: {email.utils.make_msgid(domain=hostname)}".encode())
+    message = b"\n".join(fields + added) + b"\n\n" + body
+    try:
+        envelope_sender = parse_mailbox(envelope_from, utf8=True) if envelope_from else None
+        parsed = [parse_mailbox(text.strip(), utf8=True) for text in dict.fromkeys(wanted)]
+    except AddressError as error:
+        raise SubmitError(f"bad address: {error}") from None
+    return Prepared(message, envelope_sender, parsed)
+
+
+def submit(runtime: Runtime, services: Services, prepared: Prepared, origin: str) -> Accepted:
+    """Deliver the local recipients and queue the rest, durably; raise SubmitError
+    (nothing accepted) when a local recipient does not exist."""
+    resolutions = []
+    for recipient in prepared.recipients:
+        resolution = runtime.router.resolve(recipient)
+        if resolution.result == REJECTED:
+            raise SubmitError(f"{recipient}: {resolution.reason}")
+        resolutions.append(resolution)
+    msg_id = new_id()
+    header = (f"Received: by {runtime.hostname} (mailbox_appliance sendmail, {origin}) "
+              f"id {msg_id}; {email.utils.formatdate(localtime=True)}\n").encode()
+    utf8 = not all(r.is_ascii for r in prepared.recipients) or \
+        (prepared.sender is not None and not prepared.sender.is_ascii)
+    incoming = services.intake.begin(msg_id, prepared.sender, Destinations.of(resolutions),
+                                     header, utf8=utf8, origin={"sendmail": origin})
+    try:
+        incoming.write(prepared.message)
+        return incoming.commit()
+    except BaseException:
+        incoming.discard()
+        raise
+
