@@ -41,9 +41,46 @@ def load_router(path: Path) -> Router:
 # ---------------------------------------------------------------- commands
 
 def cmd_check(args) -> int:
+    from .advice import warnings
     router = load_router(args.config)
     for line in summary(router.config):
         print(line)
+    for warning in warnings(router.config):
+        print(f"warning: {warning}")
+    return EXIT_OK
+
+
+def cmd_gencert(args) -> int:
+    """A self-signed certificate for [server] hostname, made with openssl."""
+    import shutil
+    import subprocess
+    cfg = config_module.load(args.config)
+    hostname = args.hostname or cfg.server.hostname
+    folder = Path(args.out or Path(args.config).resolve().parent / "tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    if (cert.exists() or key.exists()) and not args.force:
+        raise UsageError(f"gencert: {cert} or {key} exists already (--force replaces them)")
+    if shutil.which("openssl") is None:
+        print("gencert: the openssl command is missing: apt install openssl", file=sys.stderr)
+        return EXIT_FAILURE
+    folder.mkdir(parents=True, exist_ok=True)
+    old_umask = os.umask(0o077)                 # the key is created unreadable to others
+    try:
+        done = subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:3072", "-nodes", "-sha256",
+             "-keyout", str(key), "-out", str(cert), "-days", str(args.days),
+             "-subj", f"/CN={hostname}", "-addext", f"subjectAltName=DNS:{hostname}"],
+            capture_output=True, text=True, timeout=120)
+    finally:
+        os.umask(old_umask)
+    if done.returncode != 0:
+        print(f"gencert: openssl failed: {done.stderr.strip().splitlines()[-1:]}",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    os.chmod(cert, 0o644)
+    print(f"wrote {cert} and {key} (self-signed for {hostname}, {args.days} days)")
+    print("put this in your INI file, then run check and reload:")
+    print(f"[tls]\ncert = {cert}\nkey = {key}")
     return EXIT_OK
 
 
@@ -51,7 +88,7 @@ def cmd_serve(args) -> int:
     from .daemon import StartError, serve     # only `serve` needs the socket code
     runtime = load_runtime(args.config)
     try:
-        return serve(Path(args.config), runtime)
+        return serve(Path(args.config), runtime, args.pid_file)
     except StartError as error:
         print(f"serve: {error}", file=sys.stderr)
         return EXIT_FAILURE
@@ -326,6 +363,8 @@ def build_parser(script_dir: Path) -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", parents=[common],
                                 help="run every listener in the foreground until SIGTERM")
+    serve.add_argument("--pid-file", type=Path, help="write the process id here "
+                       "(overrides [server] pid_file; for SysV init scripts)")
     serve.set_defaults(run=cmd_serve)
 
     check = commands.add_parser("check", parents=[common], help="validate the INI file")
@@ -340,6 +379,15 @@ def build_parser(script_dir: Path) -> argparse.ArgumentParser:
     passwd = commands.add_parser("passwd", parents=[common],
                                  help="hash a password for [mailboxes]")
     passwd.set_defaults(run=cmd_passwd)
+
+    gencert = commands.add_parser("gencert", parents=[common],
+                                  help="make a self-signed TLS certificate for [server] hostname")
+    gencert.add_argument("--out", help="folder for cert.pem and key.pem (default: tls/ "
+                         "next to the INI file)")
+    gencert.add_argument("--hostname", help="name in the certificate (default: [server] hostname)")
+    gencert.add_argument("--days", type=int, default=825)
+    gencert.add_argument("--force", action="store_true", help="replace existing files")
+    gencert.set_defaults(run=cmd_gencert)
 
     queue = commands.add_parser("queue", parents=[common], help="the outbound queue")
     queue.add_argument("action", choices=("list", "flush", "remove"))

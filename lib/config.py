@@ -218,6 +218,7 @@ class ServerSection:
     log: str
     log_level: str
     recipient_delimiter: str
+    pid_file: str
 
 
 @dataclass(frozen=True)
@@ -295,6 +296,7 @@ SCHEMA: dict[str, tuple[type, tuple[Key, ...]]] = {
         Key("log", to_text, "stderr"),
         Key("log_level", to_choice("debug", "info", "warning", "error"), "info"),
         Key("recipient_delimiter", to_delimiter, "+"),
+        Key("pid_file", to_text, ""),
     )),
     "listen": (ListenSection, tuple(Key(kind, to_listen_list, "") for kind in LISTENER_KINDS)),
     "tls": (TlsSection, (
@@ -474,9 +476,10 @@ def _finish_server(server: ServerSection, base: Path) -> ServerSection:
         raise ConfigError("server", "log", "must be stderr, syslog or a file path")
     if log not in ("stderr", "syslog"):
         log = str((base / log).resolve())
+    pid_file = str((base / server.pid_file).resolve()) if server.pid_file else ""
     return ServerSection(hostname=hostname, data_dir=data_dir, user=server.user, log=log,
                          log_level=server.log_level,
-                         recipient_delimiter=server.recipient_delimiter)
+                         recipient_delimiter=server.recipient_delimiter, pid_file=pid_file)
 
 
 def _machine_hostname() -> str:

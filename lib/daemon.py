@@ -3,6 +3,8 @@ stopping cleanly (stop accepting, let sessions finish, close the rest)."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import logging.handlers
 import os
@@ -18,7 +20,9 @@ from .config import Config
 from .delivery import QueueRunner
 from .listeners import MailServer, SessionHandler
 from .logfmt import LOGGER_NAME, EventLog, LineFormatter
-from .services import Runtime, Services
+from .durable import replace_durably
+from .errors import ConfigError
+from .services import Runtime, Services, load_runtime
 
 FORCED_CLOSE_WAIT = 5.0      # after the grace period: time for handlers to say 421 and go
 LOG_DRAIN_SECONDS = 0.05     # log lines reach the file at most this late
@@ -135,17 +139,19 @@ def stop_logging() -> None:
 
 
 class Daemon:
-    """Every listener of one config, in one process."""
+    """Every listener of one config, and the queue runner, in one process."""
 
-    def __init__(self, config_path: Path, runtime: Runtime):
+    def __init__(self, config_path: Path, runtime: Runtime, pid_file: Path | None = None):
         self.config_path = config_path
-        self.runtime = runtime
+        self.runtime = runtime            # replaced whole by a reload; sessions keep theirs
         self.services = Services.create(runtime.config)
         self.closing = threading.Event()
         self.log = EventLog("daemon")
+        self.pid_file = pid_file or (Path(runtime.config.server.pid_file)
+                                     if runtime.config.server.pid_file else None)
         self._stop = threading.Event()
+        self._reload = threading.Event()
         self._servers: dict[tuple, MailServer] = {}
-        self._threads: list[threading.Thread] = []
         self.runner: QueueRunner | None = None
 
     # ------------------------------------------------------------ start
@@ -162,48 +168,94 @@ class Daemon:
         if stale or orphans:
             self.log.info("cleaned", stale_temps=stale, queue_orphans=orphans)
 
-    def bind(self) -> None:
-        for kind, address in self.runtime.config.listen.listeners():
+    def bind(self, listeners: list | None = None) -> list[MailServer]:
+        """Open the listening sockets (all of the config's, or those given)."""
+        opened = []
+        for kind, address in listeners if listeners is not None else \
+                self.runtime.config.listen.listeners():
             try:
                 server = MailServer(kind, address, self, SessionHandler)
             except OSError as error:
-                self.close_listeners()
+                for server in opened:
+                    server.server_close()
                 raise StartError(f"[listen] {kind}: cannot listen on {address}: "
                                  f"{error.strerror or error}") from None
+            opened.append(server)
             self._servers[(kind, address)] = server
+        return opened
 
-    def start(self) -> None:
-        for server in self._servers.values():
-            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
-                                      name=f"accept {server.label}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
-            line = f"listening {server.kind} {server.bound}"
-            print(line, flush=True)
+    def start(self, servers: list[MailServer]) -> None:
+        for server in servers:
+            threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
+                             name=f"accept {server.label}", daemon=True).start()
+            print(f"listening {server.kind} {server.bound}", flush=True)
             self.log.info("listening", kind=server.kind, address=server.bound)
 
-    # ------------------------------------------------------------ run and stop
+    # ------------------------------------------------------------ run, reload and stop
 
     def run(self) -> int:
-        """Serve until SIGTERM or SIGINT; return the exit code."""
+        """Serve until SIGTERM or SIGINT (SIGHUP reloads); return the exit code."""
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_reload_signal)
         self.prepare_storage()
-        self.bind()
+        servers = self.bind()
+        self._write_pid_file()
         drop_privileges(self.runtime.config, self.log)
-        self.start()
+        self.start(servers)
         self.runner = QueueRunner(self)
         self.runner.start()
         self.log.info("started", pid=os.getpid(), config=str(self.config_path),
                       hostname=self.runtime.hostname, user=_user_name())
-        while not self._stop.wait(1.0):
-            pass
+        while not self._stop.is_set():
+            self._stop.wait(0.2)
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
         self.stop()
         return 0
 
     def _on_stop_signal(self, signum, frame) -> None:
         self.log.info("stopping", signal=signal.Signals(signum).name)
         self._stop.set()
+
+    def _on_reload_signal(self, signum, frame) -> None:
+        self._reload.set()
+
+    def reload(self) -> bool:
+        """Re-read the INI. A valid config replaces the old one for new sessions,
+        listeners are opened and closed to match, the log is reopened; an
+        invalid one is refused with its error logged and the old one kept."""
+        try:
+            runtime = load_runtime(self.config_path)
+        except ConfigError as error:
+            self.log.error("reload_failed", error=error.one_line(), kept="the running config")
+            return False
+        old = self.runtime
+        if runtime.config.server.data_dir != old.config.server.data_dir:
+            self.log.warning("reload_partial", key="[server] data_dir",
+                             reason="a new data_dir takes effect at the next restart")
+        if runtime.config.server.log != old.config.server.log or \
+                runtime.config.server.log_level != old.config.server.log_level:
+            configure_logging(runtime.config)
+        else:
+            reopen_logs()
+        wanted = set(runtime.config.listen.listeners())
+        self.runtime = runtime                       # one assignment: atomic for readers
+        for key in [key for key in self._servers if key not in wanted]:
+            server = self._servers.pop(key)
+            server.shutdown()
+            server.server_close()
+            self.log.info("closed_listener", kind=key[0], address=str(key[1]))
+        added = [key for key in wanted if key not in self._servers]
+        try:
+            self.start(self.bind(added))
+        except StartError as error:
+            self.log.error("reload_listener_failed", error=str(error))
+        self.log.info("reloaded", config=str(self.config_path),
+                      listeners=len(self._servers), mailboxes=len(runtime.config.mailboxes),
+                      domains=len(runtime.config.domains))
+        return True
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -231,7 +283,41 @@ class Daemon:
                 time.sleep(0.05)
         if self.runner is not None:
             self.runner.stop(timeout=FORCED_CLOSE_WAIT)
+        self._remove_pid_file()
         self.log.info("stopped", remaining=connections.total)
+
+    def _write_pid_file(self) -> None:
+        if self.pid_file is None:
+            return
+        try:
+            self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+            replace_durably(self.pid_file, f"{os.getpid()}\n".encode(), self.pid_file.parent)
+            os.chmod(self.pid_file, 0o644)
+        except OSError as error:
+            raise StartError(f"[server] pid_file: cannot write {self.pid_file}: "
+                             f"{error.strerror}") from None
+
+    def _remove_pid_file(self) -> None:
+        if self.pid_file is None:
+            return
+        try:
+            if self.pid_file.read_text().strip() == str(os.getpid()):
+                self.pid_file.unlink()
+        except OSError:
+            pass          # written as root, and we are the mail user now: the init script cleans
+
+
+def _import_before_dropping_root(config: Config) -> None:
+    """Load the modules used later on, while the interpreter's files are surely
+    readable: after switching user, a Python installed under a private home
+    (pyenv under /root) could no longer import them."""
+    import encodings.idna  # noqa: F401  (international domains)
+    if config.relay.mode == "mx":
+        try:
+            import dns.nameserver  # noqa: F401
+            import dns.resolver  # noqa: F401
+        except ImportError:
+            pass                           # reported when an MX look-up is needed
 
 
 def drop_privileges(config: Config, log: EventLog | None = None) -> None:
@@ -249,6 +335,7 @@ def drop_privileges(config: Config, log: EventLog | None = None) -> None:
         account = pwd.getpwnam(name)
     except KeyError:
         raise StartError(f"[server] user: no such user {name!r}") from None
+    _import_before_dropping_root(config)
     _give_to(config.server.data_dir, account.pw_uid, account.pw_gid)
     if config.server.log not in ("stderr", "syslog") and os.path.exists(config.server.log):
         os.chown(config.server.log, account.pw_uid, account.pw_gid)
@@ -271,9 +358,10 @@ def _give_to(data_dir: Path, uid: int, gid: int) -> None:
     """chown -R data_dir to the mail user when it is not theirs already."""
     if data_dir.stat().st_uid == uid:
         return
+    os.lchown(data_dir, uid, gid)
     for folder, dirs, files in os.walk(data_dir):
-        for name in [folder] + [os.path.join(folder, n) for n in dirs + files]:
-            os.lchown(name, uid, gid)
+        for name in dirs + files:
+            os.lchown(os.path.join(folder, name), uid, gid)
 
 
 def _user_name() -> str:
@@ -283,10 +371,30 @@ def _user_name() -> str:
         return str(os.geteuid())
 
 
-def serve(config_path: Path, runtime: Runtime) -> int:
+def reopen_logs() -> None:
+    """After logrotate: the file handler opens the new file (it also notices by itself)."""
+    if _listener is not None:
+        for handler in _listener.handlers:
+            if isinstance(handler, logging.handlers.WatchedFileHandler):
+                with handler.lock:
+                    handler.reopenIfNeeded()
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives each thread its own malloc arena; with a thread per connection
+    that multiplies the memory a busy server keeps. Two arenas are plenty here."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+        libc.mallopt(-8, arenas)                 # -8 = M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
+def serve(config_path: Path, runtime: Runtime, pid_file: Path | None = None) -> int:
+    limit_malloc_arenas()
     configure_logging(runtime.config)
     try:
-        return Daemon(config_path, runtime).run()
+        return Daemon(config_path, runtime, pid_file).run()
     finally:
         stop_logging()
 

@@ -85,6 +85,8 @@ class ServerProcess:
     process: subprocess.Popen | None = None
     ports: dict[str, int] = field(default_factory=dict)
     stdout_lines: list[str] = field(default_factory=list)
+    python: str = sys.executable       # the interpreter to run the server with
+    extra_args: tuple[str, ...] = ()   # after `serve`
 
     @property
     def data(self) -> Path:
@@ -113,7 +115,7 @@ class ServerProcess:
         """Start and wait until every listener is reported (or `expect` of them)."""
         self.ports.clear()
         self.process = subprocess.Popen(
-            [sys.executable, str(SCRIPT), "-c", str(self.ini), "serve"],
+            [self.python, str(SCRIPT), "-c", str(self.ini), "serve", *self.extra_args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=self.folder)
         wanted = expect if expect is not None else self._listener_count()
         deadline = time.monotonic() + START_TIMEOUT

@@ -1,0 +1,425 @@
+"""The process as an admin runs it: privilege drop, signals (stop, reload),
+log files and logrotate, the init scripts, `check` warnings and `gencert`."""
+
+from __future__ import annotations
+
+import os
+import poplib
+import pwd
+import shutil
+import signal
+import smtplib
+import socket
+import ssl
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from ..harness import DEFAULT_MAP, SCRIPT, ServerProcess, config_text, make_certificate
+from ..support import HASH, PASSWORD, ROOT
+
+SYSTEM_PYTHON = "/usr/bin/python3"      # world-readable, unlike a pyenv under /root
+
+
+def wait_until(predicate, timeout: float = 10.0, step: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+def send(port: int, to: str, subject: str = "hello", host: str = "127.0.0.1") -> str:
+    with smtplib.SMTP(host, port, timeout=20) as client:
+        client.sendmail("sender@example.com", [to],
+                        f"Subject: {subject}\r\n\r\nbody of {subject}\r\n".encode())
+    return subject
+
+
+def run_cli(*args, env=None, timeout=60):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+# ---------------------------------------------------------------- privilege drop
+
+@pytest.fixture
+def public_folder():
+    """A folder other users can traverse (tmp_path is under /tmp/pytest-of-root, 0700)."""
+    folder = Path(tempfile.mkdtemp(prefix="mailbox-appliance-test-", dir="/tmp"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the privilege drop needs the tests to run as root")
+def test_started_as_root_it_runs_as_the_mail_user_and_still_delivers(public_folder):
+    assert os.path.exists(SYSTEM_PYTHON)
+    nobody = pwd.getpwnam("nobody")
+    ini = public_folder / "server.ini"
+    ini.write_text(config_text(public_folder, listen={"smtp": "127.0.0.1:0", "pop3": "127.0.0.1:0"},
+                               extra="").replace("log_level = debug",
+                                                 "log_level = debug\nuser = nobody"))
+    ini.chmod(0o644)
+    server = ServerProcess(folder=public_folder, ini=ini, python=SYSTEM_PYTHON)
+    server.start()
+    try:
+        status = Path(f"/proc/{server.process.pid}/status").read_text()
+        uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+        gids = next(line for line in status.splitlines() if line.startswith("Gid:")).split()[1:]
+        assert set(uids) == {str(nobody.pw_uid)}           # real, effective, saved, fs
+        assert set(gids) == {str(nobody.pw_gid)}
+        send(server.port("smtp"), "alice@example.org", "as nobody")
+        assert wait_until(lambda: len(server.messages("alice")) == 1)
+        stored = next(server.maildir("alice").iterdir())
+        assert stored.stat().st_uid == nobody.pw_uid
+        assert server.data.stat().st_uid == nobody.pw_uid
+        pop = poplib.POP3("127.0.0.1", server.port("pop3"), timeout=20)
+        pop.user("alice")
+        pop.pass_(PASSWORD)
+        assert pop.stat()[0] == 1
+        pop.quit()
+        assert "user=nobody" in server.wait_for_log("event=started")
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the privilege drop needs the tests to run as root")
+def test_unknown_mail_user_refuses_to_start(tmp_path):
+    ini = tmp_path / "server.ini"
+    ini.write_text(config_text(tmp_path).replace("log_level = debug",
+                                                 "log_level = debug\nuser = no-such-user-here"))
+    result = subprocess.run([sys.executable, str(SCRIPT), "-c", str(ini), "serve"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "[server] user: no such user 'no-such-user-here'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------- SIGTERM
+
+def test_sigterm_during_data_loses_nothing(servers):
+    server = servers(limits="shutdown_grace = 5s\n")
+    client = socket.create_connection(("127.0.0.1", server.port("smtp")), timeout=20)
+    client.recv(1024)
+    client.sendall(b"EHLO x\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\n")
+    got = b""
+    while b"354" not in got:
+        got += client.recv(1024)
+    client.sendall(b"Subject: in flight\r\n\r\n" + b"line\r\n" * 1000)
+    server.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    client.sendall(b"last line\r\n.\r\n")        # the grace period lets it finish
+    reply = client.recv(1024)
+    assert reply.startswith(b"250 ")
+    client.sendall(b"QUIT\r\n")
+    client.close()
+    assert server.process.wait(30) == 0
+    (message,) = server.messages("alice")
+    assert message.endswith(b"line\nlast line\n")
+    tmp = server.maildir("alice", "tmp")
+    assert list(tmp.iterdir()) == []
+
+
+def test_sigterm_past_the_grace_period_says_421_and_keeps_nothing_partial(servers):
+    server = servers(limits="shutdown_grace = 1s\n")
+    client = socket.create_connection(("127.0.0.1", server.port("smtp")), timeout=20)
+    client.recv(1024)
+    client.sendall(b"EHLO x\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\n")
+    got = b""
+    while b"354" not in got:
+        got += client.recv(1024)
+    client.sendall(b"Subject: never finished\r\n\r\n" + b"x" * 70 + b"\r\n")
+    started = time.monotonic()
+    server.send_signal(signal.SIGTERM)
+    reply = b""
+    while not reply.endswith(b"\r\n"):
+        chunk = client.recv(1024)
+        if not chunk:
+            break
+        reply += chunk
+    assert reply.startswith(b"421 ")
+    assert server.process.wait(30) == 0
+    assert time.monotonic() - started < 10
+    assert server.messages("alice") == []
+    assert list(server.maildir("alice", "tmp").iterdir()) == []
+
+
+def test_sigterm_during_pop3_session_deletes_nothing(servers):
+    server = servers(listen={"smtp": "127.0.0.1:0", "pop3": "127.0.0.1:0"},
+                     limits="shutdown_grace = 1s\n")
+    send(server.port("smtp"), "alice@example.org")
+    assert wait_until(lambda: len(server.messages("alice")) == 1)
+    pop = poplib.POP3("127.0.0.1", server.port("pop3"), timeout=20)
+    pop.user("alice")
+    pop.pass_(PASSWORD)
+    pop.dele(1)
+    server.send_signal(signal.SIGTERM)
+    assert pop.noop().startswith(b"+OK")            # within the grace period: still served
+    server.wait_for_log('reason="server shutting down"')
+    with pytest.raises(poplib.error_proto) as refused:
+        pop.stat()                                  # then the server said -ERR and closed
+    assert b"SYS/TEMP" in refused.value.args[0]
+    assert server.process.wait(30) == 0
+    assert len(server.messages("alice")) == 1
+
+
+# ---------------------------------------------------------------- SIGHUP
+
+def test_reload_adds_a_mailbox_without_restart_and_keeps_sessions(servers):
+    server = servers(listen={"smtp": "127.0.0.1:0", "pop3": "127.0.0.1:0"})
+    send(server.port("smtp"), "alice@example.org")
+    assert wait_until(lambda: len(server.messages("alice")) == 1)
+    pop = poplib.POP3("127.0.0.1", server.port("pop3"), timeout=20)
+    pop.user("alice")
+    pop.pass_(PASSWORD)
+    with smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=20) as client:
+        client.ehlo()
+        client.mail("a@example.com")
+        assert client.rcpt("carol@example.org")[0] == 550
+    text = server.ini.read_text().replace("alice = ", f"carol = {HASH}\nalice = ")
+    server.ini.write_text(text)
+    pid = server.process.pid
+    server.send_signal(signal.SIGHUP)
+    server.wait_for_log("event=reloaded")
+    send(server.port("smtp"), "carol@example.org", "after reload")
+    assert wait_until(lambda: len(server.messages("carol")) == 1)
+    assert server.process.pid == pid and server.process.poll() is None
+    assert pop.stat()[0] == 1                       # the open POP3 session goes on
+    pop.quit()
+
+
+def test_broken_config_on_reload_keeps_the_old_one(servers):
+    server = servers()
+    good = server.ini.read_text()
+    server.ini.write_text(good.replace("[limits]\n", "[limits]\nmax_recipents = 3\n"))
+    server.send_signal(signal.SIGHUP)
+    log = server.wait_for_log("event=reload_failed")
+    line = next(l for l in log.splitlines() if "event=reload_failed" in l)
+    assert "[limits] max_recipents: unknown key" in line
+    send(server.port("smtp"), "alice@example.org", "still serving")
+    assert wait_until(lambda: len(server.messages("alice")) == 1)
+    assert server.process.poll() is None
+
+
+def test_reload_opens_and_closes_listeners(servers):
+    server = servers(listen={"smtp": "127.0.0.1:0"})
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    pop_port = probe.getsockname()[1]
+    probe.close()
+    text = server.ini.read_text().replace("smtp = 127.0.0.1:0", f"pop3 = 127.0.0.1:{pop_port}")
+    server.ini.write_text(text)
+    old_smtp = server.port("smtp")
+    server.send_signal(signal.SIGHUP)
+    server.wait_for_log("event=reloaded")
+    pop = poplib.POP3("127.0.0.1", pop_port, timeout=20)
+    assert pop.getwelcome().startswith(b"+OK")
+    pop.quit()
+    assert wait_until(lambda: _refused(old_smtp))
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        return False
+    except OSError:
+        return True
+
+
+# ---------------------------------------------------------------- logs
+
+def test_log_file_is_reopened_after_rotation(servers):
+    server = servers(log_level="info")
+    send(server.port("smtp"), "alice@example.org", "before rotation")
+    server.wait_for_log("event=accepted")
+    rotated = server.log_path.with_suffix(".log.1")
+    server.log_path.rename(rotated)                 # what logrotate does
+    send(server.port("smtp"), "alice@example.org", "after rotation")
+    assert wait_until(lambda: server.log_path.exists() and "event=accepted" in
+                      server.log_path.read_text(), timeout=10)
+    assert rotated.read_text().count("event=accepted") == 1
+
+
+def test_every_line_is_key_value_with_a_timestamp_component_and_id(servers):
+    server = servers(log_level="info")
+    send(server.port("smtp"), "alice@example.org")
+    server.wait_for_log("event=disconnect")
+    for line in server.log_text().splitlines():
+        stamp, level, rest = line.split(" ", 2)
+        assert stamp.endswith("Z") and "T" in stamp and level in ("info", "warning", "error")
+        assert rest.startswith("comp=")
+        if "comp=smtp" in rest:
+            assert " session=" in rest
+
+
+# ---------------------------------------------------------------- init scripts
+
+def test_systemd_unit_verifies():
+    unit = ROOT / "init" / "mailbox-appliance.service"
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
+    text = unit.read_text()
+    for needed in ("ExecReload=/bin/kill -HUP $MAINPID", "Restart=on-failure",
+                   "NoNewPrivileges=yes", "ProtectSystem=strict",
+                   "ReadWritePaths=/var/lib/mailbox-appliance", "PrivateTmp=yes"):
+        assert needed in text
+
+
+def test_systemd_verify_would_catch_a_broken_unit(tmp_path):
+    broken = tmp_path / "broken.service"
+    broken.write_text((ROOT / "init" / "mailbox-appliance.service").read_text()
+                      .replace("Type=simple", "Type=simplest"))
+    result = subprocess.run(["systemd-analyze", "verify", str(broken)], capture_output=True,
+                            text=True, timeout=60)
+    assert "service type" in result.stderr and "simplest" in result.stderr
+
+
+def test_sysv_script_start_status_reload_stop(tmp_path):
+    ini = tmp_path / "server.ini"
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    ini.write_text(config_text(tmp_path, listen={"smtp": f"127.0.0.1:{port}"}))
+    env = {**os.environ, "PYTHON": sys.executable, "DAEMON": str(SCRIPT), "CONFIG": str(ini),
+           "PIDFILE": str(tmp_path / "server.pid"), "STOP_TIMEOUT": "20"}
+    script = str(ROOT / "init" / "mailbox-appliance")
+
+    def service(action: str):
+        return subprocess.run(["sh", script, action], capture_output=True, text=True,
+                              timeout=90, env=env)
+
+    assert "### BEGIN INIT INFO" in Path(script).read_text()
+    assert service("status").returncode == 3
+    started = service("start")
+    assert started.returncode == 0, started.stdout + started.stderr
+    pid = int((tmp_path / "server.pid").read_text())
+    try:
+        status = service("status")
+        assert status.returncode == 0 and str(pid) in status.stdout
+        send(port, "alice@example.org", "via sysv")
+        ini.write_text(ini.read_text().replace("alice = ", f"carol = {HASH}\nalice = "))
+        assert service("reload").returncode == 0
+        assert wait_until(lambda: "event=reloaded" in (tmp_path / "server.log").read_text())
+        send(port, "carol@example.org", "after sysv reload")
+        assert service("start").stdout.startswith("mailbox-appliance is already running")
+    finally:
+        stopped = service("stop")
+    assert stopped.returncode == 0
+    assert not Path(f"/proc/{pid}").exists()
+    assert service("status").returncode == 3
+    assert (tmp_path / "data" / "mail" / "carol" / "new").is_dir()
+
+
+def test_sysv_script_refuses_a_broken_config(tmp_path):
+    ini = tmp_path / "server.ini"
+    ini.write_text(config_text(tmp_path) + "\n[limits]\nbogus = 1\n")
+    env = {**os.environ, "PYTHON": sys.executable, "DAEMON": str(SCRIPT), "CONFIG": str(ini),
+           "PIDFILE": str(tmp_path / "server.pid")}
+    result = subprocess.run(["sh", str(ROOT / "init" / "mailbox-appliance"), "start"],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 1 and "configuration has an error" in result.stderr
+    assert not (tmp_path / "server.pid").exists()
+
+
+def test_pid_file_from_the_config(servers):
+    server = servers(start=False)
+    pid_file = server.folder / "run" / "server.pid"
+    server.ini.write_text(server.ini.read_text().replace(
+        "log_level = debug", f"log_level = debug\npid_file = {pid_file}"))
+    server.start()
+    assert pid_file.read_text().strip() == str(server.process.pid)
+    assert server.stop() == 0
+    assert not pid_file.exists()
+
+
+# ---------------------------------------------------------------- check warnings and gencert
+
+def check_warnings(ini: Path) -> list[str]:
+    result = run_cli("-c", str(ini), "check")
+    assert result.returncode == 0, result.stderr
+    return [line for line in result.stdout.splitlines() if line.startswith("warning: ")]
+
+
+def test_check_warns_about_readable_secrets(tmp_path):
+    ini = tmp_path / "server.ini"
+    ini.write_text(config_text(tmp_path))
+    ini.chmod(0o640)
+    assert not any("readable by every user" in w for w in check_warnings(ini))
+    ini.chmod(0o644)
+    assert any("readable by every user" in w and "password hashes" in w
+               for w in check_warnings(ini))
+
+
+def test_check_warns_about_certificates(tmp_path, monkeypatch):
+    cert, key = make_certificate(tmp_path / "tls", hostname="other.example.org")
+    ini = tmp_path / "server.ini"
+    ini.write_text(config_text(tmp_path, tls=(cert, key)))
+    ini.chmod(0o600)
+    assert any("not [server] hostname mail.example.org" in w for w in check_warnings(ini))
+    soon = tmp_path / "soon"
+    soon.mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(soon / "k.pem"),
+                    "-out", str(soon / "c.pem"), "-subj", "/CN=mail.example.org",
+                    "-addext", "subjectAltName=DNS:mail.example.org", "-days", "3"],
+                   check=True, capture_output=True, timeout=60)
+    ini.write_text(config_text(tmp_path, tls=(soon / "c.pem", soon / "k.pem")))
+    warnings = check_warnings(ini)
+    assert any("expires in 3 days" in w or "expires in 2 days" in w for w in warnings), warnings
+    assert not any("not [server] hostname" in w for w in warnings)
+    # ten days later the same certificate has expired (openssl here cannot
+    # back-date one, so the clock moves instead)
+    from types import SimpleNamespace
+    from lib import advice, config as config_module
+    monkeypatch.setattr(advice, "time", SimpleNamespace(time=lambda: time.time() + 10 * 86400))
+    assert any("expired on" in w for w in advice.warnings(config_module.load(ini)))
+
+
+def test_check_warns_about_clear_text_logins_beyond_loopback(tmp_path):
+    ini = tmp_path / "server.ini"
+    ini.write_text(config_text(tmp_path, listen={"submission": "0.0.0.0:2587",
+                                                  "pop3": "127.0.0.1:2110"}))
+    ini.chmod(0o600)
+    warnings = check_warnings(ini)
+    assert any("no [tls] while submission 0.0.0.0:2587" in w for w in warnings)
+    assert not any("pop3 127.0.0.1" in w for w in warnings)
+
+
+def test_check_warns_when_the_mail_user_cannot_write_data_dir(tmp_path):
+    (tmp_path / "data").mkdir(mode=0o700)
+    ini = tmp_path / "server.ini"
+    ini.write_text(config_text(tmp_path).replace("log_level = debug",
+                                                 "log_level = debug\nuser = nobody"))
+    ini.chmod(0o600)
+    assert any("[server] data_dir" in w and "not writable by nobody" in w
+               for w in check_warnings(ini))
+    ini.write_text(config_text(tmp_path).replace("log_level = debug",
+                                                 "log_level = debug\nuser = nobody-at-all"))
+    assert any("no user 'nobody-at-all'" in w for w in check_warnings(ini))
+
+
+def test_gencert_makes_a_usable_certificate(tmp_path):
+    ini = tmp_path / "server.ini"
+    ini.write_text(config_text(tmp_path))
+    result = run_cli("-c", str(ini), "gencert", "--days", "30")
+    assert result.returncode == 0, result.stderr
+    cert, key = tmp_path / "tls" / "cert.pem", tmp_path / "tls" / "key.pem"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert f"cert = {cert}" in result.stdout
+    details = ssl._ssl._test_decode_cert(str(cert))
+    assert ("DNS", "mail.example.org") in details["subjectAltName"]
+    again = run_cli("-c", str(ini), "gencert")
+    assert again.returncode == 2 and "exists already" in again.stderr
+    ini.write_text(config_text(tmp_path, tls=(cert, key)))
+    ini.chmod(0o600)
+    assert run_cli("-c", str(ini), "check").returncode == 0
+    assert check_warnings(ini) == []

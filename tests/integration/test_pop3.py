@@ -1,0 +1,770 @@
+"""The POP3 side of the real server (`mailbox_appliance.py serve`) driven by real
+clients over 127.0.0.1: poplib, raw sockets and curl.
+
+Mail gets into the mailboxes the way it does in life: through the server's own
+SMTP listener (smtplib), or as files another program writes into the Maildir.
+Every size, UID and byte that POP3 hands out is checked against what RETR
+really sends (DESIGN.md section 6, "POP3").
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import poplib
+import re
+import smtplib
+import socket
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from ..harness import ServerProcess
+from ..support import PASSWORD
+
+HOST = "127.0.0.1"
+TIMEOUT = 20                       # every socket and subprocess
+LISTEN = {"smtp": "127.0.0.1:0", "pop3": "127.0.0.1:0", "pop3s": "127.0.0.1:0"}
+SENDER = "sender@example.com"
+CURL = "/usr/bin/curl"
+UID_CHARS = re.compile(r"^[\x21-\x7e]{1,70}$")     # RFC 1939 7
+
+
+# ---------------------------------------------------------------- helpers
+
+@pytest.fixture
+def start(servers, certificate):
+    """start(**options) -> a running server with SMTP, POP3 and POP3S on loopback."""
+    def run(name: str = "server", **options) -> ServerProcess:
+        return servers(name=name, listen=dict(LISTEN), tls=certificate, **options)
+    return run
+
+
+def tls_context(cert: Path) -> ssl.SSLContext:
+    """Verifies the server against the test certificate (it names 127.0.0.1)."""
+    return ssl.create_default_context(cafile=str(cert))
+
+
+def message(subject: str, *body: str, to: str = "alice@example.org") -> bytes:
+    """A message as a client sends it: CRLF line endings, not dot-stuffed."""
+    lines = [f"From: <{SENDER}>", f"To: <{to}>", f"Subject: {subject}",
+             f"Message-ID: <{os.urandom(6).hex()}@client.example.com>", "", *body]
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+def send(server: ServerProcess, data: bytes, to: str = "alice@example.org") -> None:
+    """Deliver through the server's SMTP listener; smtplib does the dot-stuffing."""
+    with smtplib.SMTP(HOST, server.port("smtp"), local_hostname="client.example.com",
+                      timeout=TIMEOUT) as client:
+        client.ehlo()
+        options = ["BODY=8BITMIME"] if client.has_extn("8bitmime") else []
+        refused = client.sendmail(SENDER, [to], data, mail_options=options)
+        assert refused == {}
+
+
+def connect(server: ServerProcess) -> poplib.POP3:
+    return poplib.POP3(HOST, server.port("pop3"), timeout=TIMEOUT)
+
+
+def login(server: ServerProcess, user: str = "alice", password: str = PASSWORD) -> poplib.POP3:
+    client = connect(server)
+    client.user(user)
+    reply = client.pass_(password)
+    assert reply.startswith(b"+OK"), reply
+    return client
+
+
+def login_when_free(server: ServerProcess, user: str = "alice",
+                    seconds: float = 10.0) -> poplib.POP3:
+    """Log in, retrying while the server has not yet noticed that a dropped
+    connection is gone (its lock is released when it reads EOF)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        client = connect(server)
+        client.user(user)
+        try:
+            client.pass_(PASSWORD)
+            return client
+        except poplib.error_proto as error:
+            client.close()
+            if not error.args[0].startswith(b"-ERR [IN-USE]") or time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
+
+
+def refusal(call, *args) -> bytes:
+    """The -ERR line a poplib call raised (fails when the server said +OK)."""
+    with pytest.raises(poplib.error_proto) as caught:
+        call(*args)
+    return caught.value.args[0]
+
+
+def octets(lines: list[bytes]) -> int:
+    """What the server sent for these lines: CRLF after each, before byte-stuffing
+    (poplib has already removed both)."""
+    return sum(len(line) + 2 for line in lines)
+
+
+def as_bytes(lines: list[bytes]) -> bytes:
+    return b"".join(line + b"\r\n" for line in lines)
+
+
+def listing(client: poplib.POP3) -> dict[int, int]:
+    """LIST as {number: size}."""
+    _, lines, _ = client.list()
+    return {int(n): int(s) for n, s in (line.split() for line in lines)}
+
+
+def uids(client: poplib.POP3) -> dict[int, str]:
+    _, lines, _ = client.uidl()
+    return {int(n): u.decode("ascii") for n, u in (line.split() for line in lines)}
+
+
+def stat(client: poplib.POP3) -> tuple[int, int]:
+    return client.stat()
+
+
+def strip_trace(lines: list[bytes]) -> list[bytes]:
+    """The message without the Return-Path: and Received: header fields the server
+    prepends on delivery (Received: spans continuation lines)."""
+    assert lines[0].startswith(b"Return-Path: "), lines[:3]
+    assert lines[1].startswith(b"Received: "), lines[:3]
+    index = 2
+    while index < len(lines) and lines[index][:1] in (b" ", b"\t"):
+        index += 1
+    return lines[index:]
+
+
+def raw(server: ServerProcess, kind: str = "pop3") -> tuple[socket.socket, "RawReader"]:
+    sock = socket.create_connection((HOST, server.port(kind)), timeout=TIMEOUT)
+    reader = RawReader(sock)
+    assert reader.line().startswith(b"+OK")
+    return sock, reader
+
+
+class RawReader:
+    """Line reading on a plain socket, bounded by the socket's timeout."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.buffer = b""
+
+    def line(self) -> bytes | None:
+        """The next line without CRLF; None once the server has closed."""
+        while b"\r\n" not in self.buffer:
+            data = self.sock.recv(65536)
+            if not data:
+                rest, self.buffer = self.buffer, b""
+                return rest or None
+            self.buffer += data
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line
+
+    def ask(self, command: bytes) -> bytes:
+        self.sock.sendall(command + b"\r\n")
+        return self.line()
+
+
+def settled_log(server: ServerProcess, quiet: float = 0.3, limit: float = 5.0) -> str:
+    """The log once the server's writer thread (50 ms batches) has stopped adding
+    to it for `quiet` seconds, or after `limit` seconds."""
+    deadline = time.monotonic() + limit
+    last = server.log_text()
+    since = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        text = server.log_text()
+        if text != last:
+            last, since = text, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            break
+    return last
+
+
+def log_events(text: str, event: str) -> list[str]:
+    return [line for line in text.splitlines() if f" event={event} " in line + " "]
+
+
+def write_foreign(server: ServerProcess, name: str, data: bytes, sub: str = "new") -> Path:
+    """A message file as another program (an MDA, Dovecot) would write it."""
+    folder = server.maildir("alice", sub)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    tmp = server.maildir("alice", "tmp") / name
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_bytes(data)
+    os.rename(tmp, path)
+    return path
+
+
+def files(server: ServerProcess, sub: str, mailbox: str = "alice") -> list[str]:
+    folder = server.maildir(mailbox, sub)
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+# ---------------------------------------------------------------- sizes and content
+
+def test_list_sizes_are_the_octets_retr_sends(start):
+    server = start()
+    big = [f"{n:07d} " + "x" * 90 for n in range(10_800)]           # about 1 MB
+    sent = [
+        message("plain", "Hello Alice,", "", "see you.", "-- ", "B."),
+        message("dots", ".", "..", ".leading dot", "...three", "a line", "."),
+        message("8bit", "Grüße aus Köln – ½ € ✓", "日本語のテキスト", "ünïcödé"),
+        b"From: <x@example.com>\r\nSubject: no final newline\r\n\r\nlast line",
+        message("big", *big),
+        message("long line", "y" * 998, "", "z" * 997),
+    ]
+    for data in sent:
+        send(server, data)
+    assert len(files(server, "new")) == len(sent)
+
+    client = login(server)
+    count, total = stat(client)
+    sizes = listing(client)
+    assert count == len(sent) and sorted(sizes) == list(range(1, len(sent) + 1))
+    assert total == sum(sizes.values())
+    for number, size in sizes.items():
+        _, lines, _ = client.retr(number)
+        assert octets(lines) == size, f"message {number}: LIST {size}, RETR {octets(lines)}"
+        assert client.list(number).split() == [b"+OK", str(number).encode(), str(size).encode()]
+    _, lines, _ = client.retr(5)
+    assert octets(lines) > 1_000_000
+    _, lines, _ = client.retr(4)
+    assert lines[-1] == b"last line"          # the missing final newline became CRLF
+    client.quit()
+
+
+def test_sizes_of_files_written_by_another_program(start):
+    server = start()
+    send(server, message("via smtp", "body"))
+    crlf = b"From: a@example.com\r\nSubject: crlf\r\n\r\nline one\r\n.dot line\r\n\r\nend\r\n"
+    lf = b"From: a@example.com\nSubject: lf\n\nline one\n.\n..two dots\nend\n"
+    mixed = b"From: a@example.com\r\nSubject: mixed\n\r\nCRLF line\r\nLF line\n.x\r\nno end"
+    # CRLF pairs split across the server's 256 KB read chunks and 1 MB count chunks
+    straddle = bytearray(b"Subject: straddle\r\n\r\n")
+    while len(straddle) < (1 << 20) + 100:
+        straddle += b"." + b"s" * 70 + b"\r\n"
+    for boundary in (256 * 1024, 512 * 1024, 1 << 20):
+        straddle[boundary - 1:boundary + 1] = b"\r\n"
+        straddle[boundary + 1:boundary + 2] = b"."
+    foreign = {
+        "1700000001.M1P1.otherhost": crlf,
+        "1700000002.M2P1.otherhost": lf,
+        "1700000003.M3P1.otherhost": mixed,
+        "1700000004.M4P1.otherhost": bytes(straddle),
+    }
+    for name, data in foreign.items():
+        write_foreign(server, name, data)
+    write_foreign(server, "1700000005.M5P1.otherhost:2,S", lf.replace(b"lf", b"in cur"),
+                  sub="cur")
+
+    client = login(server)
+    count, total = stat(client)
+    sizes = listing(client)
+    assert count == 6 and total == sum(sizes.values())
+    bodies = {}
+    for number, size in sizes.items():
+        _, lines, _ = client.retr(number)
+        assert octets(lines) == size, f"message {number}: LIST {size}, RETR {octets(lines)}"
+        bodies[number] = as_bytes(lines)
+    # foreign files sort by their time stamps, before the one delivered now
+    assert bodies[1] == crlf
+    assert bodies[2] == lf.replace(b"\n", b"\r\n")
+    assert bodies[3] == mixed.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n"
+    assert bodies[4] == bytes(straddle)
+    assert b"Subject: in cur" in bodies[5]
+    assert b"Subject: via smtp" in bodies[6]
+    client.quit()
+
+
+def test_smtp_message_round_trips_byte_identical(start):
+    server = start()
+    sent = message("round trip",
+                   "First line.",
+                   ".", "..", ".leading dot", "...", ". space after dot",
+                   "",
+                   "trailing spaces   ", "\ttab first",
+                   "UTF-8: Grüße, ½ €",
+                   "x" * 998,
+                   "From the start of a line",
+                   "end.")
+    send(server, sent)
+    client = login(server)
+    _, lines, _ = client.retr(1)
+    assert as_bytes(strip_trace(lines)) == sent
+    client.quit()
+    # the stored file also holds the dotted lines once (no stuffing left on disk)
+    stored = server.messages("alice")[0]
+    assert b"\n.leading dot\n" in stored and b"\n..\n" in stored and b"\r" not in stored
+
+
+def test_top(start):
+    server = start()
+    send(server, message("top", "body 1", ".body 2 with a dot", "body 3", "body 4"))
+    write_foreign(server, "1700000001.M1P1.otherhost",
+                  b"Subject: foreign\r\nX-Two: 2\r\n\r\n.one\r\ntwo\r\nthree\r\n")
+    client = login(server)
+    for number in (1, 2):
+        _, whole, _ = client.retr(number)
+        blank = whole.index(b"")
+        _, top0, _ = client.top(number, 0)
+        assert top0 == whole[:blank + 1] and top0[-1] == b""
+        _, top2, _ = client.top(number, 2)
+        assert top2 == whole[:blank + 3]
+        assert len(top2) == len(top0) + 2
+        _, top_all, _ = client.top(number, 100)
+        assert top_all == whole
+    _, top2, _ = client.top(1, 2)                   # message 1 is the foreign one
+    assert top2[-2:] == [b".one", b"two"]           # byte-stuffed in TOP too
+    for bad in (("3", 0), ("1", "x"), ("0", 1)):
+        assert refusal(client.top, *bad).startswith(b"-ERR")
+    client.quit()
+
+
+def test_curl_retrieves_what_poplib_retrieves(start):
+    server = start()
+    send(server, message("for curl", ".dot line", "..", "Grüße", "", "end"))
+    send(server, message("second", "two"))
+    client = login(server)
+    _, lines, _ = client.retr(1)
+    sizes = listing(client)
+    client.quit()
+    port = server.port("pop3")
+    fetched = subprocess.run(
+        [CURL, "-s", "-S", "--max-time", "20", f"pop3://{HOST}:{port}/1",
+         "-u", f"alice:{PASSWORD}"], capture_output=True, timeout=TIMEOUT + 10)
+    assert fetched.returncode == 0, fetched.stderr
+    assert fetched.stdout == as_bytes(lines)
+    listed = subprocess.run(
+        [CURL, "-s", "-S", "--max-time", "20", f"pop3://{HOST}:{port}/",
+         "-u", f"alice:{PASSWORD}"], capture_output=True, timeout=TIMEOUT + 10)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.decode().split() == \
+        [str(v) for n, s in sorted(sizes.items()) for v in (n, s)]
+
+
+# ---------------------------------------------------------------- UIDL
+
+def test_uidl_stable_across_sessions_and_a_restart(start):
+    server = start()
+    for n in range(3):
+        send(server, message(f"uid {n}", "x"))
+    write_foreign(server, "1700000001.M1P1.otherhost", b"Subject: f\n\nx\n")
+    write_foreign(server, "1700000002." + "h" * 90 + ",S=14", b"Subject: g\n\ny\n")
+    write_foreign(server, "1700000003.M3P1.other host", b"Subject: h\n\nz\n")
+
+    client = login(server)
+    first = uids(client)
+    assert len(first) == 6 and len(set(first.values())) == 6
+    for number, uid in first.items():
+        assert UID_CHARS.match(uid), uid
+        assert client.uidl(number).split() == [b"+OK", str(number).encode(), uid.encode()]
+    for number in first:
+        client.retr(number)            # moves everything to cur/ with the Seen flag at QUIT
+    client.quit()
+    assert files(server, "new") == [] and len(files(server, "cur")) == 6
+
+    client = login(server)
+    assert uids(client) == first
+    client.quit()
+
+    server.stop()
+    server.start()
+    client = login(server)
+    assert uids(client) == first
+    assert client.dele(2).startswith(b"+OK")
+    assert uids(client) == {n: u for n, u in first.items() if n != 2}
+    client.quit()
+    send(server, message("after restart", "x"))
+    client = login(server)
+    after = uids(client)
+    assert list(after.values())[:5] == [u for n, u in first.items() if n != 2]
+    assert len(set(after.values())) == 6
+    client.quit()
+
+
+# ---------------------------------------------------------------- deletion and flags
+
+def test_dele_rset_quit_and_dropped_connection(start):
+    server = start()
+    for n in range(3):
+        send(server, message(f"m{n}", "body"))
+    names = files(server, "new")
+    assert len(names) == 3
+
+    client = login(server)
+    assert client.dele(1).startswith(b"+OK")
+    assert stat(client)[0] == 2
+    assert refusal(client.retr, 1).startswith(b"-ERR")
+    assert client.rset().startswith(b"+OK")
+    assert stat(client)[0] == 3
+    client.quit()
+    assert files(server, "new") == names
+
+    client = login(server)                          # DELE, then the connection drops
+    client.dele(1)
+    client.dele(2)
+    client.retr(3)
+    client.sock.close()
+    client.file.close()
+    client = login_when_free(server)
+    assert stat(client)[0] == 3
+    client.quit()
+    assert files(server, "new") == names and files(server, "cur") == []
+
+    client = login(server)                          # DELE + QUIT deletes; RETR marks Seen
+    client.dele(2)
+    client.retr(3)
+    assert client.quit().startswith(b"+OK")
+    assert files(server, "new") == [names[0]]
+    assert files(server, "cur") == [names[2] + ":2,S"]
+    assert not (server.maildir("alice", "new") / names[1]).exists()
+
+    client = login(server)
+    assert stat(client)[0] == 2
+    _, lines, _ = client.retr(2)
+    assert b"Subject: m2" in lines
+    client.quit()
+
+    server.wait_for_log("deleted=1")
+    quits = log_events(settled_log(server), "quit")
+    assert len(quits) == 4, quits                  # the dropped session is no quit
+    assert "retrieved=1" in quits[2] and "deleted=1" in quits[2] and "user=alice" in quits[2]
+    assert "retrieved=0" in quits[0] and "deleted=0" in quits[0]            # DELE + RSET
+
+
+def test_snapshot_mail_arriving_during_a_session_waits_for_next_login(start):
+    server = start()
+    send(server, message("before", "x"))
+    client = login(server)
+    before = stat(client)
+    send(server, message("during", "y"))
+    assert len(files(server, "new")) == 2
+    assert stat(client) == before and list(listing(client)) == [1]
+    assert refusal(client.retr, 2).startswith(b"-ERR")
+    client.quit()
+    client = login(server)
+    assert stat(client)[0] == 2
+    subjects = [line for n in (1, 2) for line in client.top(n, 0)[1]
+                if line.startswith(b"Subject: ")]
+    assert sorted(subjects) == [b"Subject: before", b"Subject: during"]
+    client.quit()
+
+
+def test_messages_are_numbered_oldest_first(start):
+    """Message numbers follow arrival: the Maildir name's seconds, then its
+    microseconds (`M<usec>`, not zero-padded by the Maildir convention, so
+    M99999 is older than M100000). Clients without UIDL rely on new mail
+    coming last."""
+    server = start()
+    names = ["1700000000.M5P1Q1.otherhost", "1700000000.M99999P1Q2.otherhost",
+             "1700000000.M100000P1Q3.otherhost", "1700000000.M900000P1Q4.otherhost",
+             "1700000001.M1P1Q5.otherhost"]
+    for number, name in enumerate(names, start=1):
+        write_foreign(server, name, b"Subject: %d\n\nx\n" % number)
+    send(server, message("6", "newest"))
+    client = login(server)
+    order = [line for n in range(1, 7) for line in client.top(n, 0)[1]
+             if line.startswith(b"Subject: ")]
+    assert order == [b"Subject: %d" % n for n in range(1, 7)]
+    client.quit()
+
+
+# ---------------------------------------------------------------- locking
+
+def test_second_login_is_refused_and_the_first_keeps_working(start):
+    server = start()
+    send(server, message("locked", "body"))
+    send(server, message("for bhayden", "b"), to="bhayden@example.org")
+    first = login(server)
+
+    second = connect(server)
+    second.user("alice")
+    answer = refusal(second.pass_, PASSWORD)
+    assert answer.startswith(b"-ERR [IN-USE]"), answer
+    other = login(server, "bhayden")                  # another mailbox: no conflict
+    assert stat(other)[0] == 1
+    other.quit()
+
+    assert stat(first)[0] == 1
+    _, lines, _ = first.retr(1)
+    assert b"Subject: locked" in lines
+    assert first.noop().startswith(b"+OK")
+    first.quit()
+
+    second.user("alice")                              # same connection, now free
+    assert second.pass_(PASSWORD).startswith(b"+OK")
+    assert stat(second)[0] == 1
+    second.quit()
+
+
+# ---------------------------------------------------------------- TLS
+
+def test_stls_and_pop3s(start, certificate):
+    server = start()
+    send(server, message("secret", "tls body"))
+    context = tls_context(certificate[0])
+
+    client = connect(server)
+    caps = client.capa()
+    assert "STLS" in caps and "USER" in caps and "SASL" in caps   # loopback: plaintext ok
+    assert client.stls(context).startswith(b"+OK")
+    assert isinstance(client.sock, ssl.SSLSocket)
+    caps = client.capa()
+    assert "STLS" not in caps and "USER" in caps and caps.get("SASL") == ["PLAIN"]
+    assert refusal(client._shortcmd, "STLS").startswith(b"-ERR")
+    client.user("alice")
+    assert client.pass_(PASSWORD).startswith(b"+OK")
+    _, lines, _ = client.retr(1)
+    assert b"tls body" in lines
+    client.quit()
+
+    client = connect(server)                  # USER before STLS is forgotten (RFC 2595)
+    client.user("alice")
+    client.stls(context)
+    assert refusal(client.pass_, PASSWORD).startswith(b"-ERR")
+    client.quit()
+
+    # commands pipelined behind STLS are dropped, not run inside TLS (CVE-2011-0411)
+    sock, reader = raw(server)
+    with sock:
+        sock.sendall(b"STLS\r\nCAPA\r\n")
+        assert reader.line().startswith(b"+OK")
+        assert reader.buffer == b""
+        with context.wrap_socket(sock, server_hostname=HOST) as tls:
+            tls_reader = RawReader(tls)
+            assert tls_reader.ask(b"NOOP").startswith(b"-ERR")       # not logged in
+            assert tls_reader.ask(b"QUIT").startswith(b"+OK")
+
+    secure = poplib.POP3_SSL(HOST, server.port("pop3s"), context=context, timeout=TIMEOUT)
+    caps = secure.capa()
+    assert "STLS" not in caps and "USER" in caps
+    assert refusal(secure._shortcmd, "STLS").startswith(b"-ERR")
+    secure.user("alice@example.org")
+    assert secure.pass_(PASSWORD).startswith(b"+OK")
+    assert stat(secure)[0] == 1
+    secure.quit()
+
+
+def test_plaintext_auth_never(start, certificate):
+    server = start(plaintext_auth="never")
+    send(server, message("never", "x"))
+    token = base64.b64encode(f"\0alice\0{PASSWORD}".encode()).decode()
+
+    client = connect(server)
+    caps = client.capa()
+    assert "USER" not in caps and "SASL" not in caps and "STLS" in caps
+    assert refusal(client.user, "alice").startswith(b"-ERR [AUTH]")
+    assert refusal(client.pass_, PASSWORD).startswith(b"-ERR [AUTH]")
+    assert refusal(client._shortcmd, f"AUTH PLAIN {token}").startswith(b"-ERR [AUTH]")
+    assert refusal(client.stat).startswith(b"-ERR")             # not logged in
+    client.stls(tls_context(certificate[0]))
+    assert "USER" in client.capa()
+    client.user("alice")
+    assert client.pass_(PASSWORD).startswith(b"+OK")
+    assert stat(client)[0] == 1
+    client.quit()
+
+    secure = poplib.POP3_SSL(HOST, server.port("pop3s"), context=tls_context(certificate[0]),
+                             timeout=TIMEOUT)
+    assert secure._shortcmd(f"AUTH PLAIN {token}").startswith(b"+OK")
+    secure.quit()
+
+
+# ---------------------------------------------------------------- authentication
+
+def test_auth_plain_wrong_passwords_and_logging(start):
+    server = start()
+    send(server, message("auth", "x"))
+    token = base64.b64encode(f"\0alice\0{PASSWORD}".encode()).decode()
+    with_authzid = base64.b64encode(f"alice\0alice\0{PASSWORD}".encode()).decode()
+    wrong = "wrong battery staple"
+
+    client = connect(server)                                    # initial response
+    assert client._shortcmd(f"AUTH PLAIN {token}").startswith(b"+OK")
+    client.retr(1)
+    assert client.quit().startswith(b"+OK")
+
+    client = connect(server)                                    # two steps
+    assert client._shortcmd("AUTH PLAIN").startswith(b"+")
+    assert client._shortcmd(with_authzid).startswith(b"+OK")
+    assert stat(client)[0] == 1
+    client.dele(1)
+    client.rset()
+    client.quit()
+
+    client = connect(server)                                    # cancelled, then garbage
+    client._shortcmd("AUTH PLAIN")
+    assert refusal(client._shortcmd, "*").startswith(b"-ERR")
+    assert refusal(client._shortcmd, "AUTH PLAIN %%%notbase64").startswith(b"-ERR")
+    assert refusal(client._shortcmd, "AUTH CRAM-MD5").startswith(b"-ERR")
+    client.user("alice")
+    wrong_password = refusal(client.pass_, wrong)
+    assert wrong_password.startswith(b"-ERR [AUTH]")
+    client.user("nobody")
+    assert refusal(client.pass_, PASSWORD) == wrong_password    # no hint the user is unknown
+    bad_token = base64.b64encode(f"\0alice\0{wrong}".encode()).decode()
+    assert refusal(client._shortcmd, f"AUTH PLAIN {bad_token}") == wrong_password
+    client.user("alice@example.org")                            # name@domain works
+    assert client.pass_(PASSWORD).startswith(b"+OK alice")
+    client.quit()
+
+    server.wait_for_log("event=quit")
+    log = settled_log(server)
+    logins = log_events(log, "login")
+    assert len(logins) == 3 and all("user=alice" in line for line in logins)
+    quits = log_events(log, "quit")
+    assert any("retrieved=1" in line and "deleted=0" in line for line in quits), quits
+    failures = log_events(log, "login_failed")
+    assert len(failures) == 3, failures
+    assert all("reason=" in line for line in failures)
+    assert any("user=nobody" in line for line in failures)
+    for secret in (PASSWORD, wrong, token, with_authzid, bad_token, "horse", "battery"):
+        assert secret not in log, f"{secret!r} is in the log"
+
+
+def test_lockout_after_auth_failures(start):
+    server = start(limits="auth_failures = 3/1m\n")
+    client = connect(server)
+    for _ in range(3):
+        client.user("alice")
+        assert refusal(client.pass_, "wrong").startswith(b"-ERR [AUTH]")
+    client.user("alice")
+    assert refusal(client.pass_, PASSWORD).startswith(b"-ERR [SYS/TEMP]")
+    client.quit()
+    token = base64.b64encode(f"\0alice\0{PASSWORD}".encode()).decode()
+    client = connect(server)                         # a new connection changes nothing
+    assert refusal(client._shortcmd, f"AUTH PLAIN {token}").startswith(b"-ERR [SYS/TEMP]")
+    client.quit()
+
+
+# ---------------------------------------------------------------- commands and states
+
+def test_wrong_state_and_bad_commands(start):
+    server = start()
+    send(server, message("state", "x"))
+    sock, reader = raw(server)
+    with sock:
+        for command in (b"STAT", b"LIST", b"RETR 1", b"UIDL", b"TOP 1 0", b"DELE 1",
+                        b"RSET", b"NOOP", b"PASS " + PASSWORD.encode()):
+            assert reader.ask(command).startswith(b"-ERR"), command
+        assert reader.ask(b"XYZZY").startswith(b"-ERR")
+        assert reader.ask(b"NOOP " + b"n" * 300).startswith(b"-ERR")        # 306 octets
+        assert reader.ask(b"USER al\0ice").startswith(b"-ERR")
+        assert reader.ask(b"USER alice").startswith(b"+OK")                 # still alive
+        assert reader.ask(b"PASS " + PASSWORD.encode()).startswith(b"+OK")
+        for command in (b"USER alice", b"PASS " + PASSWORD.encode(), b"STLS",
+                        b"AUTH PLAIN", b"XYZZY", b"RETR 2", b"RETR 0", b"RETR x",
+                        b"LIST 9", b"DELE 7", b"TOP 1"):
+            assert reader.ask(command).startswith(b"-ERR"), command
+        assert reader.ask(b"LIST " + b"1" * 300).startswith(b"-ERR")
+        assert reader.ask(b"ST\0AT").startswith(b"-ERR")
+        assert re.match(rb"\+OK 1 \d+$", reader.ask(b"STAT"))
+        assert reader.ask(b"CAPA").startswith(b"+OK")
+        caps = []
+        while (line := reader.line()) not in (b".", None):
+            caps.append(line)
+        assert b"STLS" not in caps and b"UIDL" in caps and b"TOP" in caps
+        assert reader.ask(b"QUIT").startswith(b"+OK")
+        assert reader.line() is None                 # and the server closes
+
+
+def test_pipelined_commands(start):
+    """CAPA says PIPELINING (RFC 2449 6.6): a batch of commands in one write is
+    answered in order."""
+    server = start()
+    send(server, message("pipe", ".dot", "body"))
+    sock, reader = raw(server)
+    with sock:
+        sock.sendall(b"CAPA\r\nUSER alice\r\nPASS " + PASSWORD.encode() +
+                     b"\r\nSTAT\r\nLIST\r\nRETR 1\r\nUIDL 1\r\nDELE 1\r\nRSET\r\nQUIT\r\n")
+
+        def multi() -> list[bytes]:
+            lines = []
+            while (line := reader.line()) != b".":
+                assert line is not None, "connection closed inside a multi-line reply"
+                lines.append(line)
+            return lines
+
+        assert reader.line().startswith(b"+OK")
+        assert b"PIPELINING" in multi()
+        assert reader.line().startswith(b"+OK")          # USER
+        assert reader.line().startswith(b"+OK")          # PASS
+        count, size = reader.line().split()[1:3]         # STAT
+        assert count == b"1"
+        assert reader.line().startswith(b"+OK")
+        assert multi() == [b"1 " + size]
+        assert reader.line().startswith(b"+OK")
+        body = multi()
+        assert b"..dot" in body                          # still stuffed on the wire
+        assert sum(len(line) + 2 for line in body) - 1 == int(size)
+        assert reader.line().startswith(b"+OK 1 ")       # UIDL 1
+        assert reader.line().startswith(b"+OK")          # DELE
+        assert reader.line().startswith(b"+OK")          # RSET
+        assert reader.line().startswith(b"+OK")          # QUIT
+        assert reader.line() is None
+    assert len(files(server, "cur")) == 1
+
+
+# ---------------------------------------------------------------- timeout and shutdown
+
+def test_idle_session_times_out_and_deletes_nothing(start, certificate):
+    server = start(limits="command_timeout = 2s\n")
+    send(server, message("idle", "x"))
+    names = files(server, "new")
+    send(server, message("idle too", "y"), to="bhayden@example.org")
+    secure = poplib.POP3_SSL(HOST, server.port("pop3s"), timeout=TIMEOUT,
+                             context=tls_context(certificate[0]))
+    secure.user("bhayden")
+    secure.pass_(PASSWORD)
+    assert secure.dele(1).startswith(b"+OK")
+    client = login(server)
+    assert client.dele(1).startswith(b"+OK")
+    began = time.monotonic()
+    for idle in (client, secure):
+        idle.sock.settimeout(10)
+        line = idle.file.readline()
+        waited = time.monotonic() - began
+        assert line.startswith(b"-ERR"), line
+        assert waited <= 5, waited
+        assert idle.file.readline() == b""               # closed
+        idle.close()
+    assert time.monotonic() - began >= 1.5
+    assert files(server, "new") == names
+    assert len(files(server, "new", "bhayden")) == 1
+    again = login_when_free(server)
+    assert stat(again)[0] == 1
+    again.quit()
+
+
+def test_shutdown_during_a_session_deletes_nothing(start, certificate):
+    server = start(limits="shutdown_grace = 1s\n")
+    send(server, message("shutdown", "x"))
+    names = files(server, "new")
+    send(server, message("shutdown too", "y"), to="bhayden@example.org")
+    secure = poplib.POP3_SSL(HOST, server.port("pop3s"), timeout=TIMEOUT,
+                             context=tls_context(certificate[0]))
+    secure.user("bhayden")
+    secure.pass_(PASSWORD)
+    assert secure.dele(1).startswith(b"+OK")
+    client = login(server)
+    assert client.dele(1).startswith(b"+OK")
+    began = time.monotonic()
+    assert server.stop() == 0
+    assert time.monotonic() - began < 15
+    for open_session in (client, secure):
+        open_session.sock.settimeout(5)
+        line = open_session.file.readline()
+        assert line.startswith(b"-ERR"), line
+        open_session.close()
+    assert files(server, "new") == names
+    assert len(files(server, "new", "bhayden")) == 1
+    server.start()
+    for mailbox in ("alice", "bhayden"):
+        again = login(server, mailbox)
+        assert stat(again)[0] == 1
+        again.quit()

@@ -1,0 +1,497 @@
+"""Helpers for the outbound tests: a DNS server and sink SMTP servers on loopback.
+
+- `FakeDNS`: dnslib's DNSServer on 127.0.0.1 (a free UDP port) answering MX, A
+  and AAAA questions from a dict the test fills; NXDOMAIN for names it does
+  not know, NOERROR with no answer for a known name without that type,
+  SERVFAIL (or no answer at all) for names the test marks so.
+- `Sink`: an aiosmtpd server on a loopback address, optionally with STARTTLS,
+  implicit TLS or required AUTH, answering RCPT TO with scripted replies and
+  recording every transaction (sender, recipients with the reply each got,
+  content, TLS version, login).
+- `BannerServer`: a listener that greets every connection with a fixed reply
+  (e.g. `421 4.3.2 busy`) and hangs up.
+
+The `dns` and `sinks` fixtures start these and stop every one of them when the
+test ends; the other helpers parse the server's log, list its queue, read DSNs
+and run its command line. Nothing here listens anywhere but loopback.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+import smtplib
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+from dnslib import AAAA, MX, QTYPE, RCODE, RR, A, DNSLabel
+from dnslib.server import BaseResolver, DNSError, DNSLogger, DNSServer
+
+from .harness import SCRIPT, ServerProcess
+
+HOST = "127.0.0.1"
+TIMEOUT = 30                     # every socket and subprocess
+CLIENT_NAME = "client.example.com"
+SINK_NAME = "sink.remote.example"
+QUIET_DNS = DNSLogger("-request,-reply,-truncated,-error,-recv,-send,-data", prefix=False)
+
+
+# ---------------------------------------------------------------- ports and waiting
+
+def free_port(*hosts: str) -> int:
+    """A TCP port free on every one of `hosts` right now (Controller cannot use 0)."""
+    hosts = hosts or (HOST,)
+    for _ in range(50):
+        probe = socket.socket(socket.AF_INET6 if ":" in hosts[0] else socket.AF_INET)
+        probe.bind((hosts[0], 0))
+        port = probe.getsockname()[1]
+        probe.close()
+        ok = True
+        for other in hosts[1:]:
+            check = socket.socket(socket.AF_INET6 if ":" in other else socket.AF_INET)
+            try:
+                check.bind((other, port))
+            except OSError:
+                ok = False
+            finally:
+                check.close()
+        if ok:
+            return port
+    raise RuntimeError(f"no port free on all of {hosts}")
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.1, what: str = "condition"):
+    """Poll `predicate` until it returns something true; its value, or AssertionError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not true within {timeout}s")
+        time.sleep(interval)
+
+
+# ---------------------------------------------------------------- DNS
+
+class FakeDNS(BaseResolver):
+    """An authoritative-looking DNS server for the names the test gives it."""
+
+    def __init__(self):
+        self.records: dict[str, dict[str, list]] = {}
+        self.servfail: set[str] = set()
+        self.silent: set[str] = set()          # no reply at all: the client times out
+        self.queries: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        self._server: DNSServer | None = None
+
+    # -- filling the zone
+    def _add(self, name: str, rtype: str, value) -> None:
+        with self._lock:
+            self.records.setdefault(name.lower().rstrip("."), {}).setdefault(rtype, []).append(value)
+
+    def mx(self, domain: str, *hosts: tuple[int, str]) -> None:
+        """MX records: (preference, exchange) pairs; ("0", ".") is a null MX."""
+        self.records.setdefault(domain.lower(), {})
+        for preference, exchange in hosts:
+            self._add(domain, "MX", (preference, exchange))
+
+    def a(self, name: str, *addresses: str) -> None:
+        self.records.setdefault(name.lower(), {})
+        for address in addresses:
+            self._add(name, "AAAA" if ":" in address else "A", address)
+
+    def exists(self, name: str) -> None:
+        """The name exists (NOERROR) but has no records of any asked type."""
+        self.records.setdefault(name.lower(), {})
+
+    def asked(self, name: str, rtype: str | None = None) -> int:
+        with self._lock:
+            return sum(1 for n, t in self.queries if n == name.lower() and rtype in (None, t))
+
+    # -- serving
+    def resolve(self, request, handler):
+        reply = request.reply()
+        question = request.q
+        name = str(question.qname).rstrip(".").lower()
+        rtype = QTYPE[question.qtype]
+        with self._lock:
+            self.queries.append((name, rtype))
+            known = self.records.get(name)
+            values = list(known.get(rtype, [])) if known is not None else []
+        if name in self.silent:
+            raise DNSError(f"dropping the question for {name}")
+        if name in self.servfail:
+            reply.header.rcode = RCODE.SERVFAIL
+            return reply
+        if known is None:
+            reply.header.rcode = RCODE.NXDOMAIN
+            return reply
+        for value in values:
+            if rtype == "MX":
+                preference, exchange = value
+                rdata = MX(DNSLabel(exchange if exchange != "." else "."), preference)
+            elif rtype == "A":
+                rdata = A(value)
+            else:
+                rdata = AAAA(value)
+            reply.add_answer(RR(question.qname, getattr(QTYPE, rtype), rdata=rdata, ttl=60))
+        return reply
+
+    def start(self) -> "FakeDNS":
+        self._server = DNSServer(self, port=0, address=HOST, logger=QUIET_DNS)
+        self._server.start_thread()
+        return self
+
+    @property
+    def port(self) -> int:
+        return self._server.server.socket.getsockname()[1]
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server.server.server_close()
+            self._server = None
+
+
+# ---------------------------------------------------------------- sink SMTP servers
+
+@dataclass
+class Transaction:
+    """One MAIL FROM ... (DATA) on a sink."""
+    sender: str
+    rcpts: list[tuple[str, str]] = field(default_factory=list)   # (address, reply given)
+    content: bytes | None = None          # None: no DATA (every RCPT refused, or dropped)
+    data_reply: str = ""
+    tls: str | None = None                # the TLS version, None for plain text
+    login: str | None = None              # who logged in, None when nobody did
+    peer: str = ""
+
+    @property
+    def accepted(self) -> list[str]:
+        return [address for address, reply in self.rcpts if reply.startswith("250")]
+
+
+class SinkHandler:
+    """aiosmtpd hooks: scripted RCPT replies, every transaction recorded."""
+
+    def __init__(self, sink: "Sink"):
+        self.sink = sink
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        address = "" if address == "<>" else address     # aiosmtpd keeps the brackets of <>
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        ssl_object = server.transport.get_extra_info("ssl_object") if server.transport else None
+        login = session.auth_data if session.authenticated else None
+        transaction = Transaction(sender=address, tls=ssl_object.version() if ssl_object else None,
+                                  login=login, peer=str(session.peer[0]) if session.peer else "")
+        session.current = transaction
+        with self.sink.lock:
+            self.sink.transactions.append(transaction)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        reply = self.sink.next_reply(address)
+        session.current.rcpts.append((address, reply))
+        if reply.startswith("250"):
+            envelope.rcpt_tos.append(address)
+            envelope.rcpt_options.extend(rcpt_options)
+        return reply
+
+    async def handle_DATA(self, server, session, envelope):
+        reply = self.sink.data_reply
+        session.current.content = envelope.content
+        session.current.data_reply = reply
+        return reply
+
+
+class Sink:
+    """A sink SMTP server on one loopback address.
+
+    `replies` maps a recipient address to its reply, or to a list of replies
+    given in turn (the last one repeats): {"later@x": ["451 4.2.0 later", "250 OK"]}.
+    Everyone else gets `default`. `starttls`: an SSLContext to offer STARTTLS
+    with; `implicit_tls`: TLS from the first byte; `auth`: (user, password) that
+    must log in (over TLS) before MAIL."""
+
+    def __init__(self, host: str = HOST, port: int | None = None, *, replies: dict | None = None,
+                 default: str = "250 2.1.5 OK", data_reply: str = "250 2.0.0 Ok: queued",
+                 starttls: ssl.SSLContext | None = None, implicit_tls: ssl.SSLContext | None = None,
+                 auth: tuple[str, str] | None = None):
+        self.host = host
+        self.port = port or free_port(host)
+        self.replies = {k.lower(): (list(v) if isinstance(v, (list, tuple)) else [v])
+                        for k, v in (replies or {}).items()}
+        self.default = default
+        self.data_reply = data_reply
+        self.auth = auth
+        self.lock = threading.Lock()
+        self.transactions: list[Transaction] = []
+        self.auth_attempts: list[tuple[str, str, bool]] = []
+        self.connections = 0
+        self._counting = False
+        options = dict(server_hostname=SINK_NAME, ident="sink", enable_SMTPUTF8=True)
+        if starttls is not None:
+            options.update(tls_context=starttls, require_starttls=False)
+        if auth is not None:
+            options.update(authenticator=self._authenticate, auth_required=True,
+                           auth_require_tls=True)
+        sink = self
+
+        class CountingController(Controller):
+            def factory(self):
+                if sink._counting:
+                    with sink.lock:
+                        sink.connections += 1
+                return super().factory()
+
+        self._controller = CountingController(SinkHandler(self), hostname=host, port=self.port,
+                                              ssl_context=implicit_tls, ready_timeout=10,
+                                              **options)
+
+    def _authenticate(self, server, session, envelope, mechanism, auth_data):
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        login = auth_data.login.decode("utf-8", "replace")
+        password = auth_data.password.decode("utf-8", "replace")
+        ok = (login, password) == self.auth
+        with self.lock:
+            self.auth_attempts.append((login, password, ok))
+        return AuthResult(success=ok, handled=False, auth_data=login if ok else None)
+
+    def next_reply(self, address: str) -> str:
+        with self.lock:
+            script = self.replies.get(address.lower())
+            if not script:
+                return self.default
+            return script.pop(0) if len(script) > 1 else script[0]
+
+    def start(self) -> "Sink":
+        self._controller.start()
+        self._counting = True          # the controller's own start-up probe is not counted
+        return self
+
+    def stop(self) -> None:
+        self._counting = False
+        try:
+            self._controller.stop(no_assert=True)
+        except Exception:
+            pass
+
+    # -- what it saw
+    def delivered(self, address: str) -> list[Transaction]:
+        """Transactions in which `address` was accepted and the data was too."""
+        with self.lock:
+            return [t for t in self.transactions if address in t.accepted and
+                    t.content is not None and t.data_reply.startswith("250")]
+
+    def deliveries(self) -> list[Transaction]:
+        with self.lock:
+            return [t for t in self.transactions if t.content is not None]
+
+
+class BannerServer:
+    """Greets every connection with one fixed reply (a busy MX: 421) and closes it."""
+
+    def __init__(self, host: str = HOST, port: int | None = None,
+                 banner: str = "421 4.3.2 busy, try another host"):
+        self.host = host
+        self.port = port or free_port(host)
+        self.banner = banner
+        self.connections = 0
+        self._socket = socket.create_server((host, self.port))
+        self._socket.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._socket.accept()
+            except (socket.timeout, OSError):
+                continue
+            self.connections += 1
+            with conn:
+                conn.settimeout(2)
+                try:
+                    conn.sendall(self.banner.encode() + b"\r\n")
+                    conn.recv(1024)               # the client's QUIT, if it sends one
+                except OSError:
+                    pass
+
+    def start(self) -> "BannerServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._socket.close()
+
+
+def server_tls_context(certificate: tuple[Path, Path]) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(certificate[0]), str(certificate[1]))
+    return context
+
+
+# ---------------------------------------------------------------- fixtures
+
+@pytest.fixture
+def dns():
+    """A started FakeDNS; stopped when the test ends."""
+    server = FakeDNS().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sinks():
+    """sinks(host=..., port=..., **Sink options) -> a started Sink (or BannerServer
+    with banner=...); every one is stopped when the test ends."""
+    started = []
+
+    def start(host: str = HOST, port: int | None = None, banner: str | None = None, **options):
+        server = BannerServer(host, port, banner) if banner else Sink(host, port, **options)
+        server.start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in reversed(started):
+        server.stop()
+
+
+def mx_relay(dns: FakeDNS, mx_port: int, retry: str = "1s", give_up: str = "5s") -> str:
+    """A [relay] section body for MX delivery through the fake DNS."""
+    return (f"mode = mx\nnameservers = {HOST}:{dns.port}\nmx_port = {mx_port}\n"
+            f"retry = {retry}\ngive_up_after = {give_up}\n")
+
+
+# ---------------------------------------------------------------- the server under test
+
+def send(server: ServerProcess, sender: str, recipients: list[str], message: bytes | str,
+         host: str = HOST) -> str:
+    """Submit over SMTP; return the queue id from `250 ... queued as ID`."""
+    if isinstance(message, str):
+        message = message.encode()
+    with smtplib.SMTP(host, server.port("smtp"), local_hostname=CLIENT_NAME,
+                      timeout=TIMEOUT) as client:
+        client.ehlo()
+        client.mail(sender)
+        for recipient in recipients:
+            code, text = client.rcpt(recipient)
+            assert code == 250, (recipient, code, text)
+        code, text = client.data(message)
+        assert code == 250, (code, text)
+    match = re.search(rb"queued as (\S+)", text)
+    assert match, text
+    return match.group(1).decode()
+
+
+_FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def parse_log_line(line: str) -> dict[str, str]:
+    fields = {}
+    for key, value in _FIELD.findall(line):
+        if value.startswith('"'):
+            value = re.sub(r"\\(.)", lambda m: {"n": "\n", "r": "\r", "t": "\t"}.get(
+                m.group(1), m.group(1)), value[1:-1])
+        fields[key] = value
+    return fields
+
+
+def events(server: ServerProcess, event: str | None = None, **match) -> list[dict[str, str]]:
+    """Log lines as dicts of fields, those of `event` with every field in `match`."""
+    found = []
+    for line in server.log_text().splitlines():
+        fields = parse_log_line(line)
+        if event is not None and fields.get("event") != event:
+            continue
+        if all(fields.get(k) == v for k, v in match.items()):
+            found.append(fields)
+    return found
+
+
+def queue_ids(server: ServerProcess) -> list[str]:
+    entries = server.data / "queue" / "entries"
+    if not entries.is_dir():
+        return []
+    return sorted(p.name[:-4] for p in entries.iterdir() if p.name.endswith(".env"))
+
+
+def queue_files(server: ServerProcess) -> list[str]:
+    entries = server.data / "queue" / "entries"
+    return sorted(p.name for p in entries.iterdir()) if entries.is_dir() else []
+
+
+def all_messages(server: ServerProcess) -> dict[str, list[bytes]]:
+    """Every Maildir's messages, by mailbox."""
+    root = server.data / "mail"
+    if not root.is_dir():
+        return {}
+    return {box.name: server.messages(box.name) for box in sorted(root.iterdir()) if box.is_dir()}
+
+
+def parse(data: bytes) -> email.message.EmailMessage:
+    return email.message_from_bytes(data, policy=email.policy.default)
+
+
+@dataclass
+class Dsn:
+    raw: bytes
+    message: email.message.EmailMessage
+    per_message: dict[str, str]
+    recipients: list[dict[str, str]]      # per-recipient fields, names lower-cased
+    headers: str                          # the text/rfc822-headers part
+    explanation: str
+
+
+def is_dsn(data: bytes) -> bool:
+    return parse(data).get_content_type() == "multipart/report"
+
+
+def read_dsn(data: bytes) -> Dsn:
+    """Parse a stored DSN and check its RFC 3464 structure on the way."""
+    message = parse(data)
+    assert message.get_content_type() == "multipart/report", message.get_content_type()
+    assert message.get_param("report-type") == "delivery-status"
+    parts = message.get_payload()
+    assert [p.get_content_type() for p in parts] == \
+        ["text/plain", "message/delivery-status", "text/rfc822-headers"], \
+        [p.get_content_type() for p in parts]
+    blocks = parts[1].get_payload()
+    assert len(blocks) >= 2, blocks
+    as_dict = [{k.lower(): str(v) for k, v in block.items()} for block in blocks]
+    return Dsn(raw=data, message=message, per_message=as_dict[0], recipients=as_dict[1:],
+               headers=parts[2].get_content(), explanation=parts[0].get_content())
+
+
+def dsns(server: ServerProcess, mailbox: str) -> list[Dsn]:
+    return [read_dsn(m) for m in server.messages(mailbox) if is_dsn(m)]
+
+
+def cli(server: ServerProcess, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    """`mailbox_appliance.py -c INI ARGS...`, output as text."""
+    result = subprocess.run([sys.executable, str(SCRIPT), "-c", str(server.ini), *args],
+                            input=stdin, capture_output=True, timeout=60, cwd=server.folder)
+    result.stdout = result.stdout.decode("utf-8", "replace")
+    result.stderr = result.stderr.decode("utf-8", "replace")
+    return result
+
+
+__all__ = ["BannerServer", "Dsn", "FakeDNS", "HOST", "Sink", "Transaction", "all_messages",
+           "cli", "dns", "dsns", "events", "free_port", "mx_relay", "parse", "queue_files",
+           "queue_ids", "read_dsn", "send", "server_tls_context", "sinks", "wait_until"]
