@@ -36,9 +36,11 @@ from .spool import DELIVERED, FAILED, PENDING, Envelope, QueueBusy, Recipient, n
 
 CONNECT_TIMEOUT = 30.0        # seconds to connect and get the greeting
 COMMAND_TIMEOUT = 300.0       # RFC 5321 4.5.3.2: generous; a slow MX is not a dead one
-WORKERS = 4                   # delivery threads
+WORKERS = 8                   # delivery threads: most of their time is waiting for remote hosts
 RESCAN_SECONDS = 30.0         # look at the whole queue at least this often
 SEND_CHUNK = 256 * 1024
+CACHE_IDLE_SECONDS = 5.0      # an idle cached connection is closed after this
+CACHE_MAX_USES = 100          # transactions per connection before a fresh one
 GAVE_UP = "gave up after"     # marks a recipient that expired rather than failed
 
 
@@ -184,6 +186,9 @@ def _connect(runtime: Runtime, hop: Hop, address: str, implicit_tls: bool,
     """An smtplib client on a socket we opened to `address` (so TLS checks and
     SNI use the host's name, not the IP), and the greeting."""
     sock = socket.create_connection((address, hop.port), timeout=CONNECT_TIMEOUT)
+    # Commands and replies are small: without this, Nagle's algorithm and the
+    # peer's delayed ACK can hold a command back for 40 ms.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         if implicit_tls:
             sock = _client_context(hop, runtime.config.relay).wrap_socket(
@@ -200,12 +205,95 @@ def _connect(runtime: Runtime, hop: Hop, address: str, implicit_tls: bool,
     return client, code, banner
 
 
+class ConnectionCache:
+    """Open SMTP connections of one delivery thread, kept a few seconds after a
+    transaction so the next message to the same host skips the connect, EHLO,
+    STARTTLS and login (as Postfix's scache does)."""
+
+    def __init__(self, idle: float = CACHE_IDLE_SECONDS, uses: int = CACHE_MAX_USES):
+        self._idle = idle
+        self._uses = uses
+        self._open: dict[tuple, tuple[smtplib.SMTP, str | None, float, int]] = {}
+
+    def take(self, key: tuple) -> tuple[smtplib.SMTP, str | None, int] | None:
+        self.expire()
+        entry = self._open.pop(key, None)
+        return None if entry is None else (entry[0], entry[1], entry[3])
+
+    def put(self, key: tuple, client: smtplib.SMTP, tls: str | None, uses: int) -> None:
+        if uses >= self._uses:
+            _quit(client)
+            return
+        old = self._open.pop(key, None)
+        if old is not None:
+            _quit(old[0])
+        self._open[key] = (client, tls, time.monotonic(), uses)
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, v in self._open.items() if now - v[2] > self._idle]:
+            _quit(self._open.pop(key)[0])
+
+    def close(self) -> None:
+        for client, *_ in self._open.values():
+            _quit(client)
+        self._open.clear()
+
+
+def _quit(client: smtplib.SMTP) -> None:
+    try:
+        client.quit()
+    except (OSError, smtplib.SMTPException):
+        client.close()
+
+
 def transact(runtime: Runtime, hop: Hop, address: str, sender: str, recipients: list[str],
-             message_path, utf8: bool) -> Outcome:
+             message_path, utf8: bool, cache: ConnectionCache | None = None) -> Outcome:
     """Deliver to one address of one hop. Returns each recipient's reply; raises
     TemporaryFailure when the host could not be used at all (try the next one)."""
     relay = runtime.config.relay
     outcome = Outcome(relay=f"{hop.name}[{address}]:{hop.port}")
+    key = (hop.kind, hop.name, address, hop.port)
+    cached = cache.take(key) if cache is not None else None
+    if cached is not None:
+        client, outcome.tls, uses = cached
+        try:
+            _envelope_and_data(client, sender, recipients, message_path, utf8, outcome)
+        except (OSError, smtplib.SMTPException):
+            client.close()                     # went stale while idle: start afresh
+            cached = None
+            outcome = Outcome(relay=outcome.relay)
+        else:
+            _reuse_or_quit(cache, key, client, outcome, uses + 1)
+            return outcome
+    client = _open_session(runtime, hop, address, relay, outcome)
+    try:
+        _envelope_and_data(client, sender, recipients, message_path, utf8, outcome)
+    except (OSError, smtplib.SMTPException) as error:
+        client.close()
+        if not outcome.replies:
+            raise TemporaryFailure(f"{outcome.relay}: {error or type(error).__name__}") from None
+        # Recipients were accepted but the message did not get through: retry them.
+        for rcpt, reply in outcome.replies.items():
+            if reply.startswith("2"):
+                outcome.replies[rcpt] = f"451 4.4.2 connection to {outcome.relay} lost: {error}"
+        return outcome
+    _reuse_or_quit(cache, key, client, outcome, 1)
+    return outcome
+
+
+def _reuse_or_quit(cache: ConnectionCache | None, key: tuple, client: smtplib.SMTP,
+                   outcome: Outcome, uses: int) -> None:
+    """Keep a connection that ended a transaction cleanly; close the others."""
+    clean = all(reply[:1] in ("2", "5") for reply in outcome.replies.values())
+    if cache is not None and clean:
+        cache.put(key, client, outcome.tls, uses)
+    else:
+        _quit(client)
+
+
+def _open_session(runtime: Runtime, hop: Hop, address: str, relay, outcome: Outcome):
+    """Connect, greet, EHLO, STARTTLS and log in: a client ready for MAIL FROM."""
     implicit = hop.kind == "smarthost" and relay.smarthost_tls == "tls"
     try:
         client, code, banner = _connect(runtime, hop, address, implicit, outcome)
@@ -219,20 +307,13 @@ def transact(runtime: Runtime, hop: Hop, address: str, sender: str, recipients: 
             _maybe_starttls(client, hop, relay, outcome)
         if hop.kind == "smarthost" and relay.smarthost_user:
             _login(client, relay, outcome)
-        _envelope_and_data(client, sender, recipients, message_path, utf8, outcome)
     except (OSError, smtplib.SMTPException) as error:
-        if not outcome.replies:
-            raise TemporaryFailure(f"{outcome.relay}: {error or type(error).__name__}") from None
-        # Recipients were accepted but the message did not get through: retry them.
-        for rcpt, reply in outcome.replies.items():
-            if reply.startswith("2"):
-                outcome.replies[rcpt] = f"451 4.4.2 connection to {outcome.relay} lost: {error}"
-    finally:
-        try:
-            client.quit()
-        except (OSError, smtplib.SMTPException):
-            client.close()
-    return outcome
+        _quit(client)
+        raise TemporaryFailure(f"{outcome.relay}: {error or type(error).__name__}") from None
+    except TemporaryFailure:
+        _quit(client)
+        raise
+    return client
 
 
 def _login(client: smtplib.SMTP, relay, outcome: Outcome) -> None:
@@ -323,10 +404,15 @@ def _envelope_and_data(client: smtplib.SMTP, sender: str, recipients: list[str],
             outcome.replies[rcpt] = _reply_text(code, message)
         return
     encoder = wire.MessageEncoder()
+    pending = []                      # small messages go out in one send, dot included
     with open(message_path, "rb") as source:
         while chunk := source.read(SEND_CHUNK):
-            client.sock.sendall(encoder.feed(chunk))
-    client.sock.sendall(encoder.finish())
+            pending.append(encoder.feed(chunk))
+            if len(pending) > 1:
+                client.sock.sendall(b"".join(pending))
+                pending = []
+    pending.append(encoder.finish())
+    client.sock.sendall(b"".join(pending))
     code, message = client.getreply()
     for rcpt in accepted:
         outcome.replies[rcpt] = _reply_text(code, message)
@@ -405,45 +491,62 @@ class QueueRunner:
                     self.log.error("rescan_failed", error=str(error))
 
     def _next(self) -> str | None:
+        """The next due entry, marked busy; None after a second with nothing due."""
         with self._lock:
-            while not self._stopping.is_set():
-                now = time.time()
-                while self._due:
-                    when, queue_id = self._due[0]
-                    if self._scheduled.get(queue_id) != when or queue_id in self._busy:
-                        heapq.heappop(self._due)      # stale, or being delivered
-                        if queue_id in self._busy and self._scheduled.get(queue_id) == when:
-                            self._scheduled.pop(queue_id, None)
-                        continue
-                    if when > now:
-                        break
-                    heapq.heappop(self._due)
+            now = time.time()
+            while self._due:
+                when, queue_id = self._due[0]
+                if self._scheduled.get(queue_id) != when:
+                    heapq.heappop(self._due)          # superseded by an earlier schedule
+                    continue
+                if queue_id in self._busy:
+                    heapq.heappop(self._due)          # its worker reschedules it when done
                     del self._scheduled[queue_id]
-                    self._busy.add(queue_id)
-                    return queue_id
-                wait = (self._due[0][0] - now) if self._due else 1.0
-                self._lock.wait(min(max(wait, 0.01), 1.0))
+                    continue
+                if when > now:
+                    break
+                heapq.heappop(self._due)
+                del self._scheduled[queue_id]
+                self._busy.add(queue_id)
+                self._update_flow(now)
+                return queue_id
+            wait = (self._due[0][0] - now) if self._due else 1.0
+            self._lock.wait(min(max(wait, 0.01), 1.0))
             return None
 
+    def _update_flow(self, now: float) -> None:
+        """Tell the intake how far delivery lags: entries due now, and in flight."""
+        due = sum(1 for when, _ in self._due if when <= now)
+        self.app.services.flow.update(due + len(self._busy))
+
     def _work(self) -> None:
-        while True:
+        cache = ConnectionCache()
+        try:
+            self._work_with(cache)
+        finally:
+            cache.close()
+
+    def _work_with(self, cache: ConnectionCache) -> None:
+        while not self._stopping.is_set():
             queue_id = self._next()
             if queue_id is None:
-                return
+                cache.expire()
+                continue
             try:
-                when = self.attempt(queue_id)
+                when = self.attempt(queue_id, cache)
             except Exception:
                 self.log.exception("attempt_crashed", msg=queue_id)
                 when = time.time() + 60.0
             finally:
                 with self._lock:
                     self._busy.discard(queue_id)
+                    self._update_flow(time.time())
             if when is not None:
                 self._schedule(queue_id, when)
 
     # ------------------------------------------------------------ one entry
 
-    def attempt(self, queue_id: str) -> float | None:
+    def attempt(self, queue_id: str, cache: ConnectionCache | None = None) -> float | None:
         """Try every due recipient of one entry; return when to look again (None: done)."""
         runtime = self.app.runtime
         try:
@@ -451,8 +554,10 @@ class QueueRunner:
                 envelope = self.spool.load(queue_id)
                 due = [r for r in envelope.pending if r.next_attempt <= time.time()]
                 if due:
-                    self._deliver(runtime, envelope, due)
-                    self.spool.save(envelope)
+                    self._deliver(runtime, envelope, due, cache)
+                    if envelope.pending or any(r.state == FAILED and not r.reported
+                                               for r in envelope.recipients):
+                        self.spool.save(envelope)   # finished entries go without a last save
                 self._report_failures(runtime, envelope)
                 if envelope.pending:
                     return envelope.next_attempt
@@ -463,7 +568,8 @@ class QueueRunner:
         except FileNotFoundError:
             return None                        # removed meanwhile
 
-    def _deliver(self, runtime: Runtime, envelope: Envelope, due: list[Recipient]) -> None:
+    def _deliver(self, runtime: Runtime, envelope: Envelope, due: list[Recipient],
+                 cache: ConnectionCache | None) -> None:
         finder = HopFinder(runtime.config)
         groups: dict[str, list[Recipient]] = {}
         for recipient in due:
@@ -477,7 +583,7 @@ class QueueRunner:
             log = self.log.bind(msg=envelope.id)
             try:
                 outcome = self._try_hops(runtime, finder.hops(domain), envelope, recipients,
-                                         path, log)
+                                         path, log, cache)
             except PermanentFailure as failure:
                 outcome = Outcome(replies={r.address: str(failure) for r in recipients},
                                   relay="none")
@@ -486,14 +592,15 @@ class QueueRunner:
                                            for r in recipients}, relay="none")
             self._record(runtime, envelope, recipients, outcome, log)
 
-    def _try_hops(self, runtime, hops: list[Hop], envelope, recipients, path, log) -> Outcome:
+    def _try_hops(self, runtime, hops: list[Hop], envelope, recipients, path, log,
+                  cache: ConnectionCache | None) -> Outcome:
         last = "no host to try"
         sender = envelope.sender
         for hop in hops:
             for address in hop.addresses:
                 try:
                     return transact(runtime, hop, address, sender,
-                                    [r.address for r in recipients], path, envelope.utf8)
+                                    [r.address for r in recipients], path, envelope.utf8, cache)
                 except TemporaryFailure as failure:
                     last = str(failure)
                     log.info("host_failed", relay=f"{hop.name}[{address}]:{hop.port}",

@@ -12,7 +12,7 @@ from . import passwords, tls
 from .durable import DirSyncer
 from .intake import Intake
 from .maildir import MaildirStore
-from .policy import Authenticator, AuthThrottle, ConnectionTracker
+from .policy import Authenticator, AuthThrottle, ConnectionTracker, InFlow
 from .router import Router
 from .spool import Spool
 
@@ -44,6 +44,7 @@ class Services:
     intake: Intake
     auth: Authenticator
     connections: ConnectionTracker
+    flow: InFlow
 
     @classmethod
     def create(cls, cfg: config_module.Config) -> "Services":
@@ -53,4 +54,4 @@ class Services:
         spool = Spool(data_dir / "queue", syncer)
         return cls(store=store, spool=spool, intake=Intake(store, spool),
                    auth=Authenticator(AuthThrottle(), passwords.VerifyCache()),
-                   connections=ConnectionTracker())
+                   connections=ConnectionTracker(), flow=InFlow())

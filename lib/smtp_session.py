@@ -406,6 +406,9 @@ class SmtpSession:
             self.log.warning("mail_refused", sender=path_text(sender), user=self.user,
                              reason="sender address does not route to the user's mailbox")
             raise Reject(replies.SENDER_NOT_OWNED.fill(user=self.user))
+        waited = self.services.flow.admit()         # the queue lags: slow this client down
+        if waited > 0.05:
+            self.log.debug("in_flow_delay", seconds=round(waited, 2))
         self.transaction = Transaction(sender=sender, utf8=utf8, declared_size=declared)
         self.state = State.MAIL
         self.log.debug("mail", msg=self.transaction.id, sender=path_text(sender),
