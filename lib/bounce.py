@@ -15,6 +15,7 @@ import re
 import secrets
 from dataclasses import dataclass
 
+from . import wire
 from .spool import Envelope, Recipient
 
 HEADER_LIMIT = 64 * 1024          # octets of the original header quoted in the DSN
@@ -77,7 +78,7 @@ def build_dsn(envelope: Envelope, failed: list[FailedRecipient], hostname: str,
                    f"Status: {status_of(recipient.last_reply, '4.4.7' if expired else '5.0.0')}"]
         if item.remote_mta:
             status.append(f"Remote-MTA: dns; {item.remote_mta}")
-        if recipient.last_reply[:3].isdigit():
+        if wire.is_number(recipient.last_reply[:3]):
             status.append(f"Diagnostic-Code: smtp; {_one_line(recipient.last_reply)}")
         status.append("Last-Attempt-Date: " + email.utils.formatdate(localtime=True))
 

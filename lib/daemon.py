@@ -89,9 +89,9 @@ def _emit_batch(handler: logging.Handler, batch: list[logging.LogRecord]) -> Non
             with handler.lock:
                 handler.stream.write(text)
                 handler.flush()
+            return
         except Exception:
-            handler.handleError(batch[0])
-        return
+            pass                  # write them one by one, so one bad line costs only itself
     for record in batch:
         handler.handle(record)
 
@@ -118,7 +118,8 @@ def configure_logging(config: Config) -> None:
     else:
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         # WatchedFileHandler reopens the file when logrotate moves it away.
-        handler = logging.handlers.WatchedFileHandler(target, encoding="utf-8")
+        handler = logging.handlers.WatchedFileHandler(target, encoding="utf-8",
+                                                      errors="backslashreplace")
         handler.setFormatter(LineFormatter())
     records: queue.SimpleQueue = queue.SimpleQueue()
     _listener = BatchingListener(records, handler)

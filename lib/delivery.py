@@ -366,7 +366,7 @@ def _envelope_and_data(client: smtplib.SMTP, sender: str, recipients: list[str],
                        utf8: bool, outcome: Outcome) -> None:
     size = os.path.getsize(message_path)
     limit = client.esmtp_features.get("size", "") if client.has_extn("size") else ""
-    if limit.isdigit() and int(limit) and size > int(limit):
+    if wire.is_number(limit) and int(limit) and size > int(limit):
         for rcpt in recipients:
             outcome.replies[rcpt] = (f"552 5.3.4 message of {size} octets is larger than the "
                                      f"{limit} {outcome.relay} accepts")

@@ -25,6 +25,10 @@ def _quote(value) -> str:
         return text
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") \
         .replace("\r", "\\r").replace("\t", "\\t")
+    if not escaped.isascii():
+        # Bytes a client sent that were not UTF-8 arrive as lone surrogates
+        # (surrogateescape); they become \xNN, since the log file is UTF-8.
+        escaped = escaped.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     return f'"{escaped}"'
 
 

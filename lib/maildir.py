@@ -22,6 +22,7 @@ import fcntl
 import hashlib
 import itertools
 import os
+import re
 import shutil
 import socket
 import time
@@ -172,7 +173,7 @@ class MaildirStore:
     def _unique_base(self) -> str:
         now = time.time()
         seconds = int(now)
-        return (f"{seconds}.M{int((now - seconds) * 1_000_000)}P{self._pid}"
+        return (f"{seconds}.M{int((now - seconds) * 1_000_000):06d}P{self._pid}"
                 f"Q{next(_sequence)}.{self.host}")
 
     # ------------------------------------------------------------ delivery
@@ -390,20 +391,29 @@ def _publish(source: str, target: str, move: bool) -> None:
             os.unlink(source)
 
 
-def _sort_key(entry: os.DirEntry) -> tuple[int, str]:
+_DELIVERY_NAME = re.compile(r"(\d+)\.M(\d+)P(\d+)(?:Q(\d+))?")
+
+
+def _sort_key(entry: os.DirEntry) -> tuple:
+    """Delivery order: seconds, then microseconds and the per-process counter
+    as numbers (M99999 comes before M100000), then the name."""
+    match = _DELIVERY_NAME.match(entry.name)
+    if match:
+        seconds, micros, pid, sequence = match.groups()
+        return int(seconds), int(micros), int(sequence or 0), int(pid), entry.name
     head = entry.name.split(".", 1)[0]
-    if head.isdigit():
-        return int(head), entry.name
+    if wire.is_number(head):
+        return int(head), 0, 0, 0, entry.name
     try:
-        return int(entry.stat().st_mtime), entry.name
+        return int(entry.stat().st_mtime), 0, 0, 0, entry.name
     except FileNotFoundError:
-        return 0, entry.name
+        return 0, 0, 0, 0, entry.name
 
 
 def _size_from_name(unique: str) -> int | None:
     """The ,W= (CRLF size) field of our own names; None for other programs' files."""
     for field in unique.split(",")[1:]:
-        if field.startswith("W=") and field[2:].isdigit():
+        if field.startswith("W=") and wire.is_number(field[2:]):
             return int(field[2:])
     return None
 

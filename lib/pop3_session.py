@@ -159,6 +159,15 @@ class Pop3Session:
     # ------------------------------------------------------------ input
 
     def feed_line(self, line: bytes) -> Step:
+        try:
+            return self._feed_line(line)
+        except Exception:                    # a bug: answer, keep the session usable
+            self.log.exception("internal_error", state=self.state.value, user=self.mailbox)
+            if self.state is State.AUTH:
+                self.state = State.AUTHORIZATION
+            return self._say(Step([SYS_TEMP]))
+
+    def _feed_line(self, line: bytes) -> Step:
         if self.state is State.CLOSED:
             return Step([])
         text = line.rstrip(b"\n").rstrip(b"\r")
@@ -305,7 +314,7 @@ class Pop3Session:
     def _message(self, text: str) -> tuple[int, StoredMessage] | PopReply:
         """The message a number argument names, or the error to answer."""
         text = text.strip()
-        if not text.isdigit():
+        if not wire.is_number(text):
             return SYNTAX.with_text("Message number required")
         index = int(text) - 1
         if not 0 <= index < len(self.messages):
@@ -352,7 +361,7 @@ class Pop3Session:
 
     def _top(self, argument: str) -> Step:
         parts = argument.split()
-        if len(parts) != 2 or not parts[1].isdigit():
+        if len(parts) != 2 or not wire.is_number(parts[1]):
             return Step([SYNTAX.with_text("TOP needs a message number and a line count")])
         found = self._message(parts[0])
         if isinstance(found, PopReply):

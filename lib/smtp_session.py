@@ -176,6 +176,17 @@ class SmtpSession:
 
     def feed_line(self, line: bytes) -> Step:
         """One command line (with its CRLF or LF)."""
+        try:
+            return self._feed_line(line)
+        except Exception:                    # a bug: say 451, keep the session usable
+            self.log.exception("internal_error", state=self.state.value)
+            self._reset()
+            if self.state is State.AUTH:
+                self._auth = None
+                self.state = State.READY
+            return self._say(_reply(replies.LOCAL_ERROR))
+
+    def _feed_line(self, line: bytes) -> Step:
         if self.state is State.CLOSED:
             return Step([])
         if self.state is State.DATA:
@@ -389,7 +400,7 @@ class SmtpSession:
         declared = None
         for key, value in options.items():
             if key == "SIZE":
-                if value is None or not value.isdigit():
+                if value is None or not wire.is_number(value):
                     raise Reject(replies.SYNTAX_ERROR.with_text("SIZE needs a number"))
                 declared = int(value)
                 if declared > self.config.limits.max_message_size:
@@ -487,6 +498,14 @@ class SmtpSession:
     def feed_data(self, chunk: bytes) -> Step:
         """Message bytes as they arrive; the Step carries the final reply once
         CRLF.CRLF has been seen, and what followed it in `leftover`."""
+        try:
+            return self._feed_data(chunk)
+        except Exception:                    # a bug mid-message: the stream cannot be resynced
+            self.log.exception("internal_error", state=self.state.value)
+            self.close("internal error")
+            return self._say(_reply(replies.LOCAL_ERROR, action=Action.CLOSE))
+
+    def _feed_data(self, chunk: bytes) -> Step:
         receiver = self._receiver
         content = receiver.feed(chunk)
         too_big = receiver.size > self.config.limits.max_message_size

@@ -15,6 +15,12 @@ MAX_SASL_LINE = 12288     # RFC 4954 4: a SASL response line the server must acc
 MAX_HOPS = 30             # Received headers before we call it a mail loop (RFC 5321 6.3)
 
 
+def is_number(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also takes '²' and '١', which int() refuses
+    or reads as something the client did not mean."""
+    return text.isascii() and text.isdigit()
+
+
 class LfConverter:
     """Any line endings -> LF only. CRLF becomes LF; a bare CR is dropped.
 

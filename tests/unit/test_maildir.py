@@ -231,3 +231,18 @@ def test_dir_syncer_shares_fsyncs_and_survives_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         syncer.sync(tmp_path / "missing")
     syncer.sync(tmp_path)      # a failure leaves the syncer usable
+
+
+def test_numbering_follows_delivery_order_within_a_second(store):
+    store.ensure("alice")
+    names = ["1700000000.M99999P7Q1.h", "1700000000.M100000P7Q2.h",
+             "1700000000.M100000P7Q10.h", "1700000001.M5P7Q3.h"]
+    for name in reversed(names):
+        (store.path("alice") / "new" / name).write_bytes(b"x\n")
+    assert [m.path.name for m in store.snapshot("alice")] == names
+
+
+def test_our_names_carry_zero_padded_microseconds(store):
+    name = store.deliver(["alice"], b"x\n")["alice"]
+    micros = name.split(".M", 1)[1].split("P", 1)[0]
+    assert len(micros) == 6 and micros.isdigit()

@@ -304,3 +304,20 @@ def test_vanished_message_is_a_temporary_error(env):
         message.path.unlink()
     answer = reply(session, "RETR 1")
     assert (answer.ok, answer.code) == (False, "SYS/TEMP")
+
+
+def test_non_ascii_digits_are_not_message_numbers(env):
+    deliver(env, "alice", b"x\n")
+    session = logged_in(env)
+    for command in ("RETR ²", "LIST ١", "TOP 1 ²", "DELE ²"):
+        answer = reply(session, command)
+        assert not answer.ok, command
+    assert reply(session, "STAT").ok
+
+
+def test_an_internal_error_is_answered_and_the_session_goes_on(env, monkeypatch):
+    deliver(env, "alice", b"x\n")
+    session = logged_in(env)
+    monkeypatch.setattr(session, "_totals", lambda: 1 / 0)
+    assert reply(session, "STAT").code == "SYS/TEMP"
+    assert reply(session, "NOOP").ok

@@ -585,3 +585,19 @@ def test_envelope_of_many_messages_on_one_connection(make):
         assert data(session, b"n=%d\r\n.\r\n" % n).replies[0].code == 250
     assert len(stored(session, "alice")) == 3
     assert session.messages == 3
+
+
+def test_an_internal_error_is_answered_451_and_the_session_goes_on(make, monkeypatch):
+    session = make()
+    send(session, "EHLO x")
+    monkeypatch.setattr(session.router, "resolve", lambda address: 1 / 0)
+    send(session, "MAIL FROM:<a@example.com>")
+    assert reply_of(session, "RCPT TO:<alice@example.org>") == replies.LOCAL_ERROR
+    assert session.state is State.READY
+    assert reply_of(session, "NOOP") == replies.OK
+
+
+def test_non_ascii_digits_are_not_sizes(make):
+    session = make()
+    send(session, "EHLO x")
+    assert reply_of(session, "MAIL FROM:<a@example.com> SIZE=²").code == 501

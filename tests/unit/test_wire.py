@@ -130,3 +130,9 @@ def test_chunks_unread_and_discard(pair):
     assert reader.read_chunk() == b"body"
     reader.unread(b"QUIT\r\n")
     assert reader.discard_buffer() == 6 and not reader.has_buffered()
+
+
+def test_is_number_takes_ascii_digits_only():
+    assert wire.is_number("0123")
+    for text in ("", "²", "١", "1 ", "-1", "1.0", "x"):
+        assert not wire.is_number(text), text
