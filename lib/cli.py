@@ -165,7 +165,6 @@ def cmd_queue(args) -> int:
 
 
 def _queue_list(spool, as_json: bool) -> int:
-    from .config import format_duration
     now = time.time()
     entries = spool.entries()
     for envelope in entries:
@@ -176,20 +175,30 @@ def _queue_list(spool, as_json: bool) -> int:
                               "recipients": [vars(r) for r in envelope.recipients]},
                              ensure_ascii=False))
             continue
-        age = format_duration(max(1, int(now - envelope.created)))
+        age = _human(now - envelope.created)
         print(f"{envelope.id}  age {age}  from <{envelope.sender}>")
         for r in envelope.recipients:
             when = ""
             if r.state == "pending":
                 wait = r.next_attempt - now
-                when = "  next try now" if wait <= 0 else \
-                    f"  next try in {format_duration(max(1, int(wait)))}"
+                when = "  next try now" if wait <= 0 else f"  next try in {_human(wait)}"
             print(f"    {r.address}  {r.state}  attempts {r.attempts}{when}")
             if r.last_reply:
                 print(f"        last: {r.last_reply}" + (f" ({r.relay})" if r.relay else ""))
     if not as_json:
         print(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'} in the queue")
     return EXIT_OK
+
+
+def _human(seconds: float) -> str:
+    """3599 -> '59m59s', 90000 -> '1d1h': the two largest units."""
+    seconds = max(1, int(seconds))
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            parts.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return "".join(parts[:2])
 
 
 def _queue_flush(spool) -> int:
@@ -245,7 +254,8 @@ def cmd_sendmail(args) -> int:
         raw = _cut_at_dot(raw)
     try:
         prepared = prepare(raw, runtime.hostname, options["sender"], options["recipients"],
-                           options["from_header"], options["full_name"])
+                           options["from_header"], options["full_name"],
+                           runtime.router.primary_domain)
         if os.geteuid() == 0 or _queue_writable(runtime):
             from .services import Services
             _become_mail_user(runtime)
@@ -398,7 +408,7 @@ def build_parser(script_dir: Path) -> argparse.ArgumentParser:
     sendmail = commands.add_parser(
         "sendmail", help="queue a message read from stdin, like /usr/sbin/sendmail",
         usage="%(prog)s [-f SENDER] [-F NAME] [-t] [-i] RECIPIENT...")
-    sendmail.add_argument("args", nargs=argparse.REMAINDER)
+    sendmail.set_defaults(args=[])
     sendmail.set_defaults(run=cmd_sendmail)
     return parser
 
@@ -407,7 +417,10 @@ def main(argv: list[str], script_dir: Path, program: str = "mailbox_appliance.py
     if Path(program).name == "sendmail":      # installed as /usr/sbin/sendmail
         argv = ["sendmail", *argv]
     parser = build_parser(script_dir)
+    argv, sendmail_args = _split_sendmail(argv)
     args = parser.parse_args(argv)
+    if sendmail_args is not None:
+        args.args = sendmail_args
     args.config = getattr(args, "config", None) or default_config_path(script_dir)
     debug = getattr(args, "debug", False)
     try:
@@ -423,6 +436,23 @@ def main(argv: list[str], script_dir: Path, program: str = "mailbox_appliance.py
     except Exception as error:     # the last line of defence: one line, no traceback
         _report(f"error: {type(error).__name__}: {error}", debug)
         return EXIT_FAILURE
+
+
+def _split_sendmail(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """sendmail's options (-i, -t, -FName ...) are its own: hand them over
+    untouched instead of letting argparse read them as ours."""
+    index = 0
+    while index < len(argv):
+        word = argv[index]
+        if word in ("-c", "--config"):
+            index += 2
+        elif word.startswith("-"):
+            index += 1
+        else:
+            if word == "sendmail":
+                return argv[:index + 1], argv[index + 1:]
+            return argv, None
+    return argv, None
 
 
 def _report(message: str, debug: bool) -> None:

@@ -67,6 +67,7 @@ class Outcome:
     replies: dict[str, str] = field(default_factory=dict)     # address -> reply text
     relay: str = ""                   # host[ip]:port that answered
     tls: str | None = None
+    idle: bool = False                # the session is between transactions: reusable
 
 
 # ---------------------------------------------------------------- next hops
@@ -284,9 +285,8 @@ def transact(runtime: Runtime, hop: Hop, address: str, sender: str, recipients: 
 
 def _reuse_or_quit(cache: ConnectionCache | None, key: tuple, client: smtplib.SMTP,
                    outcome: Outcome, uses: int) -> None:
-    """Keep a connection that ended a transaction cleanly; close the others."""
-    clean = all(reply[:1] in ("2", "5") for reply in outcome.replies.values())
-    if cache is not None and clean:
+    """Keep a connection that is ready for the next MAIL FROM; close the others."""
+    if cache is not None and outcome.idle:
         cache.put(key, client, outcome.tls, uses)
     else:
         _quit(client)
@@ -364,12 +364,15 @@ def _maybe_starttls(client: smtplib.SMTP, hop: Hop, relay, outcome: Outcome) -> 
 
 def _envelope_and_data(client: smtplib.SMTP, sender: str, recipients: list[str], message_path,
                        utf8: bool, outcome: Outcome) -> None:
+    """One transaction. Sets outcome.idle when it ended with the session ready
+    for another MAIL FROM (never while a transaction may still be open)."""
     size = os.path.getsize(message_path)
     limit = client.esmtp_features.get("size", "") if client.has_extn("size") else ""
     if wire.is_number(limit) and int(limit) and size > int(limit):
         for rcpt in recipients:
             outcome.replies[rcpt] = (f"552 5.3.4 message of {size} octets is larger than the "
                                      f"{limit} {outcome.relay} accepts")
+        outcome.idle = True
         return
     options = f" SIZE={size}" if client.has_extn("size") else ""
     if client.has_extn("8bitmime"):
@@ -378,6 +381,7 @@ def _envelope_and_data(client: smtplib.SMTP, sender: str, recipients: list[str],
         if not client.has_extn("smtputf8"):             # RFC 6531 3.4: bounce, never downgrade
             for rcpt in recipients:
                 outcome.replies[rcpt] = f"553 5.6.7 {outcome.relay} does not support SMTPUTF8"
+            outcome.idle = True
             return
         options += " SMTPUTF8"
         client.command_encoding = "utf-8"
@@ -387,6 +391,7 @@ def _envelope_and_data(client: smtplib.SMTP, sender: str, recipients: list[str],
         if code >= 500:
             for rcpt in recipients:
                 outcome.replies[rcpt] = reply
+            outcome.idle = True
             return
         raise TemporaryFailure(f"{outcome.relay} refused MAIL FROM: {reply}")
     accepted = []
@@ -396,12 +401,13 @@ def _envelope_and_data(client: smtplib.SMTP, sender: str, recipients: list[str],
         if code in (250, 251):
             accepted.append(rcpt)
     if not accepted:
-        client.docmd("RSET")
+        outcome.idle = client.docmd("RSET")[0] == 250
         return
     code, message = client.docmd("DATA")
     if code != 354:
         for rcpt in accepted:
             outcome.replies[rcpt] = _reply_text(code, message)
+        outcome.idle = client.docmd("RSET")[0] == 250      # end the open transaction
         return
     encoder = wire.MessageEncoder()
     pending = []                      # small messages go out in one send, dot included
@@ -416,6 +422,7 @@ def _envelope_and_data(client: smtplib.SMTP, sender: str, recipients: list[str],
     code, message = client.getreply()
     for rcpt in accepted:
         outcome.replies[rcpt] = _reply_text(code, message)
+    outcome.idle = True
 
 
 # ---------------------------------------------------------------- the queue runner

@@ -82,6 +82,13 @@ class Router:
 
     # ------------------------------------------------------------ queries
 
+    @property
+    def primary_domain(self) -> str:
+        """The domain of a bare local name (`<postmaster>`, `sendmail root`): the
+        server's hostname when it is a local domain, else the first domain."""
+        hostname = self.config.server.hostname
+        return hostname if hostname in self._domains else next(iter(self._domains), hostname)
+
     def is_local_domain(self, domain: str) -> bool:
         return domain.lower() in self._domains
 

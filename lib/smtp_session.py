@@ -431,7 +431,7 @@ class SmtpSession:
             raise Reject(replies.SYNTAX_ERROR.with_text("Syntax: RCPT TO:<address>"))
         transaction = self.transaction
         address, params = self._parse_path(argument[3:], utf8=True,
-                                           postmaster=self._postmaster_domain())
+                                           postmaster=self.router.primary_domain)
         if address is None:
             raise Reject(replies.BAD_ADDRESS_SYNTAX.fill(detail="empty recipient"))
         if params:
@@ -461,10 +461,6 @@ class SmtpSession:
     @property
     def may_relay(self) -> bool:
         return self.user is not None or self.trusted
-
-    def _postmaster_domain(self) -> str:
-        domains = self.config.domains
-        return self.host if self.host in domains else next(iter(domains), self.host)
 
     def _parse_path(self, text: str, utf8: bool, postmaster: str | None = None):
         try:

@@ -69,7 +69,8 @@ def default_sender(hostname: str) -> str:
 
 
 def prepare(raw: bytes, hostname: str, sender: str | None, recipients: list[str],
-            from_header_recipients: bool, full_name: str | None = None) -> Prepared:
+            from_header_recipients: bool, full_name: str | None = None,
+            local_domain: str | None = None) -> Prepared:
     """Complete the header of a message read from a program; work out the envelope."""
     converter = wire.LfConverter()
     data = converter.feed(raw) + converter.flush()
@@ -84,16 +85,21 @@ def prepare(raw: bytes, hostname: str, sender: str | None, recipients: list[str]
         raise SubmitError("no recipients (give addresses, or -t to read them from the header)")
     added = []
     if "from" not in names:
-        shown = email.utils.formataddr((full_name, envelope_from)) if full_name else envelope_from
+        author = envelope_from or f"MAILER-DAEMON@{hostname}"    # From needs a mailbox
+        shown = email.utils.formataddr((full_name, author)) if full_name else author
         added.append(f"From: {shown}".encode())
     if "date" not in names:
         added.append(f"Date: {email.utils.formatdate(localtime=True)}".encode())
     if "message-id" not in names:
         added.append(f"Message-ID: {email.utils.make_msgid(domain=hostname)}".encode())
     message = b"\n".join(fields + added) + b"\n\n" + body
+    domain = local_domain or hostname
+    # cron and mail(1) address local users by name alone ("root"): as sendmail
+    # does, such a name gets this server's own domain.
+    wanted = [text.strip() if "@" in text else f"{text.strip()}@{domain}" for text in wanted]
     try:
         envelope_sender = parse_mailbox(envelope_from, utf8=True) if envelope_from else None
-        parsed = [parse_mailbox(text.strip(), utf8=True) for text in dict.fromkeys(wanted)]
+        parsed = [parse_mailbox(text, utf8=True) for text in dict.fromkeys(wanted)]
     except AddressError as error:
         raise SubmitError(f"bad address: {error}") from None
     return Prepared(message, envelope_sender, parsed)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, syntax
 from dnslib import AAAA, MX, QTYPE, RCODE, RR, A, DNSLabel
 from dnslib.server import BaseResolver, DNSError, DNSLogger, DNSServer
 
@@ -98,7 +98,8 @@ class FakeDNS(BaseResolver):
     # -- filling the zone
     def _add(self, name: str, rtype: str, value) -> None:
         with self._lock:
-            self.records.setdefault(name.lower().rstrip("."), {}).setdefault(rtype, []).append(value)
+            types = self.records.setdefault(name.lower().rstrip("."), {})
+            types.setdefault(rtype, []).append(value)
 
     def mx(self, domain: str, *hosts: tuple[int, str]) -> None:
         """MX records: (preference, exchange) pairs; ("0", ".") is a null MX."""
@@ -176,6 +177,7 @@ class Transaction:
     tls: str | None = None                # the TLS version, None for plain text
     login: str | None = None              # who logged in, None when nobody did
     peer: str = ""
+    mail_options: list[str] = field(default_factory=list)   # e.g. SIZE=..., SMTPUTF8
 
     @property
     def accepted(self) -> list[str]:
@@ -189,13 +191,14 @@ class SinkHandler:
         self.sink = sink
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
-        address = "" if address == "<>" else address     # aiosmtpd keeps the brackets of <>
-        envelope.mail_from = address
+        envelope.mail_from = address          # "<>" for the null sender: aiosmtpd needs it truthy
+        address = "" if address == "<>" else address
         envelope.mail_options.extend(mail_options)
         ssl_object = server.transport.get_extra_info("ssl_object") if server.transport else None
         login = session.auth_data if session.authenticated else None
         transaction = Transaction(sender=address, tls=ssl_object.version() if ssl_object else None,
-                                  login=login, peer=str(session.peer[0]) if session.peer else "")
+                                  login=login, peer=str(session.peer[0]) if session.peer else "",
+                                  mail_options=list(mail_options))
         session.current = transaction
         with self.sink.lock:
             self.sink.transactions.append(transaction)
@@ -223,12 +226,18 @@ class Sink:
     given in turn (the last one repeats): {"later@x": ["451 4.2.0 later", "250 OK"]}.
     Everyone else gets `default`. `starttls`: an SSLContext to offer STARTTLS
     with; `implicit_tls`: TLS from the first byte; `auth`: (user, password) that
-    must log in (over TLS) before MAIL."""
+    must log in (over TLS) before MAIL. `smtp_options` go to aiosmtpd's SMTP
+    (e.g. data_size_limit, enable_SMTPUTF8). `refuse_data`: {address: reply}
+    answers the DATA command itself with that reply when the address is among
+    the accepted recipients, keeping the transaction open (the client must
+    RSET before a new MAIL, as with servers that reject at DATA)."""
 
     def __init__(self, host: str = HOST, port: int | None = None, *, replies: dict | None = None,
                  default: str = "250 2.1.5 OK", data_reply: str = "250 2.0.0 Ok: queued",
-                 starttls: ssl.SSLContext | None = None, implicit_tls: ssl.SSLContext | None = None,
-                 auth: tuple[str, str] | None = None):
+                 starttls: ssl.SSLContext | None = None,
+                 implicit_tls: ssl.SSLContext | None = None,
+                 auth: tuple[str, str] | None = None, smtp_options: dict | None = None,
+                 refuse_data: dict[str, str] | None = None):
         self.host = host
         self.port = port or free_port(host)
         self.replies = {k.lower(): (list(v) if isinstance(v, (list, tuple)) else [v])
@@ -236,6 +245,7 @@ class Sink:
         self.default = default
         self.data_reply = data_reply
         self.auth = auth
+        self.refuse_data = {k.lower(): v for k, v in (refuse_data or {}).items()}
         self.lock = threading.Lock()
         self.transactions: list[Transaction] = []
         self.auth_attempts: list[tuple[str, str, bool]] = []
@@ -247,14 +257,26 @@ class Sink:
         if auth is not None:
             options.update(authenticator=self._authenticate, auth_required=True,
                            auth_require_tls=True)
+        options.update(smtp_options or {})
         sink = self
+
+        class ScriptedSMTP(SMTP):
+            @syntax("DATA")
+            async def smtp_DATA(self, arg):
+                refusals = [sink.refuse_data[a.lower()] for a in self.envelope.rcpt_tos
+                            if a.lower() in sink.refuse_data]
+                if refusals:
+                    self.session.current.data_reply = refusals[0]
+                    await self.push(refusals[0])
+                    return
+                await super().smtp_DATA(arg)
 
         class CountingController(Controller):
             def factory(self):
                 if sink._counting:
                     with sink.lock:
                         sink.connections += 1
-                return super().factory()
+                return ScriptedSMTP(self.handler, **self.SMTP_kwargs)
 
         self._controller = CountingController(SinkHandler(self), hostname=host, port=self.port,
                                               ssl_context=implicit_tls, ready_timeout=10,
@@ -382,14 +404,17 @@ def mx_relay(dns: FakeDNS, mx_port: int, retry: str = "1s", give_up: str = "5s")
 # ---------------------------------------------------------------- the server under test
 
 def send(server: ServerProcess, sender: str, recipients: list[str], message: bytes | str,
-         host: str = HOST) -> str:
+         host: str = HOST, mail_options: tuple[str, ...] = ()) -> str:
     """Submit over SMTP; return the queue id from `250 ... queued as ID`."""
     if isinstance(message, str):
         message = message.encode()
     with smtplib.SMTP(host, server.port("smtp"), local_hostname=CLIENT_NAME,
                       timeout=TIMEOUT) as client:
         client.ehlo()
-        client.mail(sender)
+        if "SMTPUTF8" in mail_options:
+            client.command_encoding = "utf-8"
+        code, text = client.mail(sender, list(mail_options))
+        assert code == 250, (sender, code, text)
         for recipient in recipients:
             code, text = client.rcpt(recipient)
             assert code == 250, (recipient, code, text)
@@ -483,7 +508,8 @@ def dsns(server: ServerProcess, mailbox: str) -> list[Dsn]:
     return [read_dsn(m) for m in server.messages(mailbox) if is_dsn(m)]
 
 
-def cli(server: ServerProcess, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+def cli(server: ServerProcess, *args: str,
+        stdin: bytes | None = None) -> subprocess.CompletedProcess:
     """`mailbox_appliance.py -c INI ARGS...`, output as text."""
     result = subprocess.run([sys.executable, str(SCRIPT), "-c", str(server.ini), *args],
                             input=stdin, capture_output=True, timeout=60, cwd=server.folder)

@@ -116,6 +116,22 @@ def test_next_mx_is_used_when_the_first_greets_with_421(dns, sinks, servers):
     assert line["relay"] == f"mx2.remote.example[127.0.0.3]:{port}"
 
 
+def test_every_address_of_an_mx_host_is_tried_ipv6_too(dns, sinks, servers):
+    port = free_port("::1", "127.0.0.2")                # nothing listens on 127.0.0.2
+    sink = sinks("::1", port)
+    dns.mx("remote.example", (10, "mx.remote.example"))
+    dns.a("mx.remote.example", "127.0.0.2", "::1")
+    server = servers(relay=mx_relay(dns, port))
+    queue_id = send(server, ALICE, ["friend@remote.example"], message("over ipv6"))
+    wait_done(server, queue_id)
+    [transaction] = sink.delivered("friend@remote.example")
+    assert transaction.peer == "::1"
+    assert [f["relay"] for f in events(server, "host_failed", msg=queue_id)] == \
+        [f"mx.remote.example[127.0.0.2]:{port}"]
+    [line] = attempts(server, queue_id)
+    assert line["relay"] == f"mx.remote.example[::1]:{port}" and line["state"] == "delivered"
+
+
 def test_domain_without_mx_gets_mail_at_its_address(dns, sinks, servers):
     port = free_port("127.0.0.2")
     sink = sinks("127.0.0.2", port)
@@ -187,7 +203,81 @@ def test_route_overrides_the_mx_lookup(dns, sinks, servers):
     assert dns.asked("lan.example") == 0                 # DNS has nothing for it: never asked
 
 
-# ---------------------------------------------------------------- TLS and AUTH towards the next hop
+def test_route_overrides_the_smarthost(sinks, servers):
+    smarthost = sinks()
+    routed = sinks()
+    server = servers(relay=f"mode = smarthost\nsmarthost = {HOST}:{smarthost.port}\n"
+                           "smarthost_tls = none\nretry = 1s\ngive_up_after = 5s\n",
+                     extra=f"\n[routes]\nlan.example = {HOST}:{routed.port}\n")
+    queue_id = send(server, ALICE, ["box@lan.example", "friend@remote.example"],
+                    message("route and smarthost"))
+    assert wait_done(server, queue_id)["delivered"] == "2"
+    assert [t.accepted for t in routed.deliveries()] == [["box@lan.example"]]
+    assert [t.accepted for t in smarthost.deliveries()] == [["friend@remote.example"]]
+
+
+# ---------------------------------------------------------------- what goes out
+
+def test_local_and_remote_recipients_of_one_message(dns, sinks, servers):
+    server, sink = remote(dns, sinks, servers)
+    queue_id = send(server, "carol@sender.example", [ALICE, "friend@remote.example"],
+                    message("both ways", sender="carol@sender.example"))
+    wait_done(server, queue_id)
+    [local] = server.messages("alice")
+    [transaction] = sink.delivered("friend@remote.example")
+    assert transaction.accepted == ["friend@remote.example"]        # alice is not relayed
+    first_line, rest = local.split(b"\n", 1)
+    assert first_line == b"Return-Path: <carol@sender.example>"
+    sent = transaction.content.replace(b"\r\n", b"\n")
+    assert not sent.startswith(b"Return-Path")            # RFC 5321 4.4: final delivery adds it
+    assert sent == rest                                  # the same Received: line and message
+    assert sent.startswith(b"Received: from ")
+
+
+def test_lines_starting_with_a_dot_arrive_intact(dns, sinks, servers):
+    server, sink = remote(dns, sinks, servers)
+    body = b".leading dot\r\n..two dots\r\n.\r\n...\r\nend\r\n"
+    queue_id = send(server, ALICE, ["friend@remote.example"],
+                    b"Subject: dots\r\n\r\n" + body)
+    wait_done(server, queue_id)
+    [transaction] = sink.deliveries()
+    assert transaction.content.endswith(b"Subject: dots\r\n\r\n" + body)
+
+
+def test_message_larger_than_the_next_hop_accepts_bounces_unsent(dns, sinks, servers):
+    server, sink = remote(dns, sinks, servers, sink_options={"smtp_options":
+                                                             {"data_size_limit": 300}})
+    big = message("big one") + ("y" * 70 + "\r\n") * 10
+    queue_id = send(server, ALICE, ["friend@remote.example"], big)
+    wait_done(server, queue_id)
+    [line] = attempts(server, queue_id)
+    assert line["reply"].startswith("552 5.3.4") and line["state"] == "failed"
+    assert sink.transactions == []                       # not even MAIL FROM
+    [dsn] = dsns(server, "alice")
+    assert dsn.recipients[0]["status"] == "5.3.4"
+
+
+def test_smtputf8_goes_out_only_where_offered(dns, sinks, servers):
+    port = free_port("127.0.0.2", "127.0.0.3")
+    modern = sinks("127.0.0.2", port)
+    old = sinks("127.0.0.3", port, smtp_options={"enable_SMTPUTF8": False})
+    dns.a("utf.example", "127.0.0.2")
+    dns.a("ascii.example", "127.0.0.3")
+    server = servers(relay=mx_relay(dns, port))
+    queue_id = send(server, ALICE, ["jörg@utf.example", "jörg@ascii.example"],
+                    "Subject: grüße\r\n\r\nschön\r\n".encode(), mail_options=("SMTPUTF8",))
+    wait_done(server, queue_id)
+    [transaction] = modern.delivered("jörg@utf.example")
+    assert "SMTPUTF8" in [o.upper() for o in transaction.mail_options]
+    assert "schön".encode() in transaction.content
+    assert old.transactions == []                        # never downgraded (RFC 6531 3.4)
+    [dsn] = dsns(server, "alice")
+    [recipient] = dsn.recipients
+    assert recipient["final-recipient"] == "rfc822; jörg@ascii.example"
+    assert recipient["status"] == "5.6.7"
+
+
+# ---------------------------------------------------------------- TLS and AUTH to the next hop
 
 def test_starttls_is_used_whenever_the_mx_offers_it(dns, sinks, servers, certificate):
     port = free_port("127.0.0.2", "127.0.0.3")
@@ -292,8 +382,8 @@ def test_smarthost_certificate_not_trusted_is_not_used(sinks, servers, certifica
 # ---------------------------------------------------------------- retries, bounces
 
 def test_temporary_failure_then_queue_flush_delivers_exactly_once(dns, sinks, servers):
-    server, sink = remote(dns, sinks, servers, retry="1h", give_up="1d",
-                          replies={"later@remote.example": ["451 4.2.0 try later", "250 2.1.5 OK"]})
+    script = {"later@remote.example": ["451 4.2.0 try later", "250 2.1.5 OK"]}
+    server, sink = remote(dns, sinks, servers, retry="1h", give_up="1d", replies=script)
     queue_id = send(server, ALICE, ["later@remote.example"], message("flush me"))
     [first] = wait_until(lambda: attempts(server, queue_id), what="the first attempt")
     assert first["state"] == "deferred" and first["reply"] == "451 4.2.0 try later"
@@ -316,7 +406,8 @@ def test_temporary_failure_then_queue_flush_delivers_exactly_once(dns, sinks, se
 def test_permanent_failure_sends_a_dsn_to_the_local_sender(dns, sinks, servers):
     reply = "550 5.1.1 <bad@remote.example>: no such user here"
     server, sink = remote(dns, sinks, servers, replies={"bad@remote.example": reply})
-    queue_id = send(server, ALICE, ["bad@remote.example"], message("report me", "bad@remote.example"))
+    queue_id = send(server, ALICE, ["bad@remote.example"],
+                    message("report me", "bad@remote.example"))
     wait_done(server, queue_id)
     [raw] = server.messages("alice")
     assert raw.startswith(b"Return-Path: <>\n")
@@ -384,6 +475,24 @@ def test_partial_failure_in_one_transaction(dns, sinks, servers):
     assert_queue_empty(server)
 
 
+def test_data_refused_at_the_data_command_spoils_no_other_message(dns, sinks, servers):
+    """A reply to DATA that is not 354 leaves the server's transaction open:
+    the client must reset it before it uses the connection again."""
+    server, sink = remote(dns, sinks, servers, sink_options={
+        "refuse_data": {"blocked@one.example": "554 5.7.1 no data from you"}})
+    for domain in ("one.example", "two.example"):         # two domains, one MX host
+        dns.mx(domain, (10, "mx.remote.example"))
+    queue_id = send(server, ALICE, ["blocked@one.example", "fine@two.example"],
+                    message("two domains"))
+    wait_done(server, queue_id)
+    by_rcpt = {line["to"]: line for line in attempts(server, queue_id)}
+    assert by_rcpt["blocked@one.example"]["reply"] == "554 5.7.1 no data from you"
+    assert by_rcpt["fine@two.example"]["state"] == "delivered", by_rcpt["fine@two.example"]
+    assert len(sink.delivered("fine@two.example")) == 1
+    [dsn] = dsns(server, "alice")
+    assert [r["final-recipient"] for r in dsn.recipients] == ["rfc822; blocked@one.example"]
+
+
 def test_expiry_after_give_up_after(dns, sinks, servers):
     server, sink = remote(dns, sinks, servers, retry="1s", give_up="3s",
                           replies={"later@remote.example": "451 4.2.0 still busy"})
@@ -414,7 +523,7 @@ STRANGER = "192.0.2.0/24"                                # 127.0.0.1 is not trus
 
 def test_forwarding_keeps_the_envelope_sender(dns, sinks, servers):
     server, sink = remote(dns, sinks, servers, address_map=FORWARD_MAP, trusted=STRANGER)
-    with smtplib.SMTP(HOST, server.port("smtp"), timeout=30) as client:   # a stranger may not relay
+    with smtplib.SMTP(HOST, server.port("smtp"), timeout=30) as client:   # may not relay
         client.ehlo("client.example.com")
         client.mail("carol@sender.example")
         code, _ = client.rcpt("friend@remote.example")
