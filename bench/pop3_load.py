@@ -173,8 +173,12 @@ class Dovecot:
         conf = (HERE / "dovecot" / "dovecot.conf").read_text()
         conf = conf.replace("@FOLDER@", str(folder)).replace("@PORT@", str(DOVECOT_PORT))
         (folder / "dovecot.conf").write_text(conf)
-        (folder / "users").write_text("".join(f"{m}:{{PLAIN}}{PASSWORD}::::::\n"
-                                              for m in mailboxes))
+        # Dovecot's default scheme, as `doveadm pw` makes it: a login costs it
+        # a SHA512-CRYPT check (mailbox_appliance pays an scrypt check).
+        hashed = subprocess.run(["doveadm", "pw", "-s", "SHA512-CRYPT", "-p", PASSWORD],
+                                capture_output=True, text=True, check=True,
+                                timeout=30).stdout.strip()
+        (folder / "users").write_text("".join(f"{m}:{hashed}::::::\n" for m in mailboxes))
         (folder / "run").mkdir(exist_ok=True)
 
     @staticmethod

@@ -164,6 +164,11 @@ class Daemon:
         except OSError as error:
             raise StartError(f"[server] data_dir: cannot create {cfg.server.data_dir}: "
                              f"{error.strerror}") from None
+        if cfg.listen.pop3 or cfg.listen.pop3s:
+            started = time.monotonic()
+            self.services.store.warm(cfg.mailboxes)      # first POP3 logins find lists ready
+            self.log.info("mailboxes_listed", count=len(cfg.mailboxes),
+                          ms=round((time.monotonic() - started) * 1000))
         stale = self.services.store.clean_stale_temps()
         orphans = self.services.spool.clean_orphans()
         if stale or orphans:

@@ -32,6 +32,7 @@ from .wire import LineReader, LineTooLong
 
 POLL_SECONDS = 0.5          # how often an idle connection checks for shutdown
 RECV_SIZE = 256 * 1024      # big reads: DATA is decoded a chunk at a time, not line by line
+SEND_BATCH = 256 * 1024     # queued output beyond this is sent before more is read from disk
 LISTEN_BACKLOG = 1024       # a burst of connections waits in the kernel, not refused
 
 
@@ -132,6 +133,7 @@ class Connection:
         self.reader = LineReader(sock, recv_size=RECV_SIZE, wait=self._wait)
         self._deadline = 0.0
         self._out: list[bytes] = []
+        self.pending = 0                  # octets queued in _out
         self.dropped_before_tls = 0
         self._poller = select.poll()
         self._poller.register(sock, select.POLLIN)
@@ -182,11 +184,13 @@ class Connection:
 
     def queue(self, data: bytes) -> None:
         self._out.append(data)
+        self.pending += len(data)
 
     def flush(self) -> None:
         if self._out:
-            data = b"".join(self._out)
+            data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
             self._out.clear()
+            self.pending = 0
             self.sock.sendall(data)
 
     def start_tls(self, context: ssl.SSLContext) -> ssl.SSLSocket:
@@ -254,9 +258,10 @@ class SessionHandler(socketserver.BaseRequestHandler):
             for reply in step.replies:
                 conn.queue(reply.to_bytes())
             if step.body is not None:
-                conn.flush()
                 for chunk in step.body:         # a POP3 message, streamed from disk
-                    conn.sock.sendall(chunk)
+                    conn.queue(chunk)
+                    if conn.pending > SEND_BATCH:
+                        conn.flush()
             if step.leftover:
                 conn.reader.unread(step.leftover)
             if step.action is Action.CLOSE:

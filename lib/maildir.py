@@ -25,10 +25,11 @@ import os
 import re
 import shutil
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable
+from typing import BinaryIO, Iterable, NamedTuple
 
 from . import wire
 from .durable import DirSyncer
@@ -37,6 +38,7 @@ STALE_TEMP_AGE = 36 * 3600     # the Maildir convention's limit for files in tmp
 MAX_UID_LENGTH = 70            # RFC 1939 7: a unique-id is 1 to 70 characters
 READ_CHUNK = 1 << 20
 WRITE_BUFFER = 64 * 1024       # small writes are gathered up to this before write()
+STABLE_FOLDER_NS = 2_000_000_000   # a folder listing is cached once unchanged this long
 LOCK_FILE = ".pop3.lock"
 SEEN_FLAG = "S"
 
@@ -125,13 +127,22 @@ class TempMessage:
             pass
 
 
-@dataclass(frozen=True)
-class StoredMessage:
-    """One message in a POP3 snapshot."""
+class StoredMessage(NamedTuple):
+    """One message in a POP3 snapshot (a tuple: 10,000 of them are made quickly)."""
     uid: str          # stable across sessions: from the Maildir unique name
-    path: Path        # where it was at snapshot time
+    folder: str       # new/ or cur/ of its Maildir, at snapshot time
+    name: str         # its file name then
     size: int         # octets as POP3 sends it: CRLF endings, before byte-stuffing
     crlf: bool        # False: our own LF-only file; True: a foreign file (CRLF or mixed)
+    octets: int | None = None   # the file's own size, when its name says (,S=)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.folder, self.name)
+
+    @property
+    def filename(self) -> str:
+        return os.path.join(self.folder, self.name)
 
 
 class MaildirStore:
@@ -143,6 +154,8 @@ class MaildirStore:
         self.host = _safe_host(hostname or socket.gethostname())
         self.syncer = syncer or DirSyncer()
         self._known: set[str] = set()      # Maildirs seen to exist: no stat per message
+        self._listings: dict[str, tuple[int, list]] = {}   # folder -> (mtime_ns, listing)
+        self._cache_lock = threading.Lock()
         self._pid = os.getpid()
 
     # ------------------------------------------------------------ layout
@@ -259,73 +272,115 @@ class MaildirStore:
         """Every message in new/ and cur/, oldest first, with POP3 sizes and UIDs.
 
         Sizes come from the `,W=` field of our own names; only files that
-        another program wrote are read to count their octets.
+        another program wrote are read to count their octets. Each folder's
+        listing is kept in memory with the folder's mtime, and used again
+        while the folder has not changed: a login to a 10,000-message mailbox
+        that nobody touched costs two stat() calls, not a listing.
         """
-        base = self.ensure(mailbox)
-        found = []
-        for sub in ("new", "cur"):
-            with os.scandir(base / sub) as entries:
-                for entry in entries:
-                    if entry.name.startswith("."):
-                        continue
-                    found.append((_sort_key(entry), sub, entry.name))
-        found.sort()
-        messages = []
-        seen_uids: dict[str, int] = {}
-        for _, sub, name in found:
-            path = base / sub / name
-            unique = name.split(":", 1)[0]
-            size = _size_from_name(unique)
-            crlf = size is None
-            if crlf:
-                try:
-                    size = pop3_size_of_file(path)
-                except FileNotFoundError:
-                    continue
-            uid = _uid(unique)
-            if uid in seen_uids:
-                uid = _hashed_uid(unique)
-            seen_uids[uid] = len(messages)
-            messages.append(StoredMessage(uid, path, size, crlf))
+        base = str(self.ensure(mailbox))
+        entries = self._folder(os.path.join(base, "new")) + \
+            self._folder(os.path.join(base, "cur"))
+        entries.sort()                         # two sorted runs: a linear merge
+        messages = [message for _, message in entries]
+        if len({message.uid for message in messages}) != len(messages):
+            messages = _distinct_uids(messages)
         return messages
 
+    def warm(self, mailboxes: Iterable[str]) -> None:
+        """List every mailbox once (at start), so even first logins find it ready."""
+        for mailbox in mailboxes:
+            try:
+                self.snapshot(mailbox)
+            except OSError:
+                pass
+
+    def _folder(self, folder: str) -> list[tuple[tuple, StoredMessage]]:
+        """(sort key, message) for every file in one new/ or cur/, cached by mtime."""
+        stamp = os.stat(folder).st_mtime_ns
+        with self._cache_lock:
+            cached = self._listings.get(folder)
+        if cached is not None and cached[0] == stamp:
+            return list(cached[1])
+        listing = []
+        for name in os.listdir(folder):
+            if name[:1] == ".":
+                continue
+            message = _stored(folder, name)
+            if message is not None:
+                listing.append((_sort_key(folder, name), message))
+        listing.sort()
+        # Only a folder left alone for a while is kept: mtimes are coarse (a few
+        # ms), so a change in the same tick as the stat above could go unseen.
+        if time.time_ns() - stamp > STABLE_FOLDER_NS:
+            with self._cache_lock:
+                self._listings[folder] = (stamp, listing)
+        return list(listing)
+
     def open(self, message: StoredMessage) -> BinaryIO:
-        """The message's file for reading; follows it if it moved from new/ to cur/."""
+        """The message's file for reading (unbuffered: it is read in big chunks);
+        follows it if it moved from new/ to cur/."""
         try:
-            return open(message.path, "rb")
+            return open(message.filename, "rb", buffering=0)
         except FileNotFoundError:
             moved = self._find(message)
             if moved is None:
                 raise
-            return open(moved, "rb")
+            return open(moved, "rb", buffering=0)
 
-    def _find(self, message: StoredMessage) -> Path | None:
-        unique = message.path.name.split(":", 1)[0]
-        maildir = message.path.parent.parent
+    def read_whole(self, message: StoredMessage) -> bytes:
+        """A message whose size the name gives, in one read: open, read, close,
+        and nothing else (every syscall is a moment another thread takes the GIL)."""
+        try:
+            fd = os.open(message.filename, os.O_RDONLY)
+        except FileNotFoundError:
+            moved = self._find(message)
+            if moved is None:
+                raise
+            fd = os.open(moved, os.O_RDONLY)
+        try:
+            data = os.read(fd, message.octets or 0)
+            while len(data) < (message.octets or 0):       # a short read: rare, but legal
+                more = os.read(fd, message.octets - len(data))
+                if not more:
+                    break
+                data += more
+            return data
+        finally:
+            os.close(fd)
+
+    def _find(self, message: StoredMessage) -> str | None:
+        """Where the message is now (another session may have moved it)."""
+        unique = message.name.split(":", 1)[0]
+        maildir = os.path.dirname(message.folder)
         for sub in ("cur", "new"):
-            for entry in os.scandir(maildir / sub):
+            for entry in os.scandir(os.path.join(maildir, sub)):
                 if entry.name.split(":", 1)[0] == unique:
-                    return Path(entry.path)
+                    return entry.path
         return None
+
+    def _current(self, message: StoredMessage) -> str | None:
+        path = message.filename
+        return path if os.path.exists(path) else self._find(message)
 
     def mark_seen(self, message: StoredMessage) -> None:
         """Move to cur/ with the Seen flag, so an IMAP server later shows it as read."""
-        path = message.path if message.path.exists() else self._find(message)
+        path = self._current(message)
         if path is None:
             return
-        unique, _, info = path.name.partition(":")
+        folder, name = os.path.split(path)
+        unique, _, info = name.partition(":")
         flags = info[2:] if info.startswith("2,") else ""
-        if path.parent.name == "cur" and SEEN_FLAG in flags:
+        if os.path.basename(folder) == "cur" and SEEN_FLAG in flags:
             return
         flags = "".join(sorted(set(flags) | {SEEN_FLAG}))
-        target = path.parent.parent / "cur" / f"{unique}:2,{flags}"
+        target = os.path.join(os.path.dirname(folder), "cur", f"{unique}:2,{flags}")
         try:
             os.rename(path, target)
         except FileNotFoundError:
             pass
 
     def delete(self, message: StoredMessage) -> None:
-        path = message.path if message.path.exists() else self._find(message)
+        path = self._current(message)
         if path is not None:
             try:
                 os.unlink(path)
@@ -394,35 +449,66 @@ def _publish(source: str, target: str, move: bool) -> None:
 _DELIVERY_NAME = re.compile(r"(\d+)\.M(\d+)P(\d+)(?:Q(\d+))?")
 
 
-def _sort_key(entry: os.DirEntry) -> tuple:
+def _sort_key(folder: str, name: str) -> tuple:
     """Delivery order: seconds, then microseconds and the per-process counter
     as numbers (M99999 comes before M100000), then the name."""
-    match = _DELIVERY_NAME.match(entry.name)
+    match = _DELIVERY_NAME.match(name)
     if match:
         seconds, micros, pid, sequence = match.groups()
-        return int(seconds), int(micros), int(sequence or 0), int(pid), entry.name
-    head = entry.name.split(".", 1)[0]
+        return int(seconds), int(micros), int(sequence or 0), int(pid), name
+    head = name.split(".", 1)[0]
     if wire.is_number(head):
-        return int(head), 0, 0, 0, entry.name
+        return int(head), 0, 0, 0, name
     try:
-        return int(entry.stat().st_mtime), 0, 0, 0, entry.name
+        return int(os.stat(os.path.join(folder, name)).st_mtime), 0, 0, 0, name
     except FileNotFoundError:
-        return 0, 0, 0, 0, entry.name
+        return 0, 0, 0, 0, name
 
 
-def _size_from_name(unique: str) -> int | None:
-    """The ,W= (CRLF size) field of our own names; None for other programs' files."""
-    for field in unique.split(",")[1:]:
-        if field.startswith("W=") and wire.is_number(field[2:]):
-            return int(field[2:])
-    return None
+def _stored(folder: str, name: str) -> StoredMessage | None:
+    """The snapshot entry for one file; None if it vanished while we looked."""
+    unique = name.split(":", 1)[0]
+    size = _size_field(unique, ",W=")
+    if size is not None:
+        return StoredMessage(_uid(unique), folder, name, size, False,
+                             _size_field(unique, ",S="))
+    try:
+        size = pop3_size_of_file(os.path.join(folder, name))
+    except FileNotFoundError:
+        return None
+    return StoredMessage(_uid(unique), folder, name, size, True)
+
+
+def _distinct_uids(messages: list[StoredMessage]) -> list[StoredMessage]:
+    """Two files whose names share a unique part: the later ones get hashed UIDs."""
+    seen: set[str] = set()
+    result = []
+    for message in messages:
+        if message.uid in seen:
+            message = message._replace(uid=_hashed_uid(message.name.split(":", 1)[0]))
+        seen.add(message.uid)
+        result.append(message)
+    return result
+
+
+def _size_field(unique: str, field: str) -> int | None:
+    """A size field of a Maildir name (",W=" CRLF size, ",S=" file size); None
+    when the name has none (another program's file)."""
+    at = unique.find(field)
+    if at < 0:
+        return None
+    end = unique.find(",", at + 3)
+    digits = unique[at + 3:] if end < 0 else unique[at + 3:end]
+    return int(digits) if wire.is_number(digits) else None
 
 
 def _uid(unique: str) -> str:
+    """The unique part before the first ',' (sizes may be appended), when it is a
+    valid RFC 1939 unique-id: 1-70 printable ASCII characters without spaces."""
     uid = unique.split(",", 1)[0]
-    if not uid or len(uid) > MAX_UID_LENGTH or not all(0x21 <= ord(c) <= 0x7E for c in uid):
-        return _hashed_uid(unique)
-    return uid
+    if 0 < len(uid) <= MAX_UID_LENGTH and uid.isascii() and uid.isprintable() and " " not in uid:
+        return uid
+    return _hashed_uid(unique)
 
 
 def _hashed_uid(unique: str) -> str:

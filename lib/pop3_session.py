@@ -13,6 +13,7 @@ and encodes the file in chunks.
 from __future__ import annotations
 
 import enum
+import io
 import secrets
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -353,11 +354,20 @@ class Pop3Session:
         if isinstance(found, PopReply):
             return Step([found])
         index, message = found
+        reply = ok(f"{message.size} octets")
+        if message.octets is not None and message.octets <= READ_CHUNK:
+            try:
+                data = self.store.read_whole(message)
+            except FileNotFoundError:
+                return Step([self._vanished(message)])
+            self.retrieved.add(index)
+            encoder = wire.MessageEncoder(message.crlf)
+            return Step([reply], body=(encoder.feed(data) + encoder.finish(),))
         handle = self._open(message)
         if handle is None:
-            return Step([SYS_TEMP.with_text("Message vanished from the mailbox")])
+            return Step([self._vanished(message)])
         self.retrieved.add(index)
-        return Step([ok(f"{message.size} octets")], body=_stream(handle, message.crlf))
+        return Step([reply], body=_stream(handle, message.crlf))
 
     def _top(self, argument: str) -> Step:
         parts = argument.split()
@@ -369,7 +379,7 @@ class Pop3Session:
         _, message = found
         handle = self._open(message)
         if handle is None:
-            return Step([SYS_TEMP.with_text("Message vanished from the mailbox")])
+            return Step([self._vanished(message)])
         return Step([ok("Top of message follows")],
                     body=_top(handle, message.crlf, int(parts[1])))
 
@@ -377,8 +387,11 @@ class Pop3Session:
         try:
             return self.store.open(message)
         except FileNotFoundError:
-            self.log.warning("message_vanished", user=self.mailbox, uid=message.uid)
             return None
+
+    def _vanished(self, message: StoredMessage) -> PopReply:
+        self.log.warning("message_vanished", user=self.mailbox, uid=message.uid)
+        return SYS_TEMP.with_text("Message vanished from the mailbox")
 
     def _dele(self, argument: str) -> Step:
         found = self._message(argument)
@@ -425,12 +438,15 @@ class Pop3Session:
 
 def _lines(lines: list[str]) -> Iterator[bytes]:
     """A multi-line response body: the lines (byte-stuffed) and the final '.'."""
-    body = "".join(("." + line if line.startswith(".") else line) + "\r\n" for line in lines)
-    yield (body + ".\r\n").encode("utf-8", "replace")
+    body = "\r\n".join(lines)
+    if body.startswith(".") or "\r\n." in body:
+        body = "\r\n".join("." + line if line.startswith(".") else line for line in lines)
+    yield (body + "\r\n.\r\n" if lines else ".\r\n").encode("utf-8", "replace")
 
 
 def _stream(handle, foreign: bool) -> Iterator[bytes]:
-    """RETR: the file in chunks, CRLF and byte-stuffed, then '.'; always closes the file."""
+    """RETR of a big message (or another program's): the file in chunks, CRLF and
+    byte-stuffed, then '.'; always closes the file."""
     encoder = wire.MessageEncoder(foreign)
     try:
         while chunk := handle.read(READ_CHUNK):
@@ -449,7 +465,7 @@ def _top(handle, foreign: bool, body_lines: int) -> Iterator[bytes]:
         in_header = True
         left = body_lines
         pieces = []
-        for line in handle:
+        for line in io.BufferedReader(handle, READ_CHUNK):   # the raw file reads bytewise
             if in_header:
                 pieces.append(encoder.feed(line))
                 if line in (b"\n", b"\r\n"):

@@ -246,3 +246,28 @@ def test_our_names_carry_zero_padded_microseconds(store):
     name = store.deliver(["alice"], b"x\n")["alice"]
     micros = name.split(".M", 1)[1].split("P", 1)[0]
     assert len(micros) == 6 and micros.isdigit()
+
+
+def test_unchanged_folders_are_listed_once(store, monkeypatch):
+    for n in range(3):
+        store.deliver(["alice"], b"m%d\n" % n)
+    new = store.path("alice") / "new"
+    old = time.time() - 60
+    os.utime(new, (old, old))                   # left alone for a minute: cacheable
+    first = store.snapshot("alice")
+    calls = []
+    real_listdir = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda path: calls.append(path) or real_listdir(path))
+    assert store.snapshot("alice") == first
+    assert str(new) not in calls                 # served from the cache
+    store.deliver(["alice"], b"fresh\n")         # changes new/'s mtime
+    again = store.snapshot("alice")
+    assert len(again) == 4 and str(new) in calls
+    assert again[:3] == first
+
+
+def test_recently_changed_folders_are_not_cached(store):
+    store.deliver(["alice"], b"one\n")
+    assert len(store.snapshot("alice")) == 1
+    (store.path("alice") / "new" / "1.M1P1Q1.other").write_bytes(b"two\n")
+    assert len(store.snapshot("alice")) == 2
