@@ -184,7 +184,8 @@ def _queue_list(spool, as_json: bool) -> int:
                 when = "  next try now" if wait <= 0 else f"  next try in {_human(wait)}"
             print(f"    {r.address}  {r.state}  attempts {r.attempts}{when}")
             if r.last_reply:
-                print(f"        last: {r.last_reply}" + (f" ({r.relay})" if r.relay else ""))
+                relay = f" ({r.relay})" if r.relay and r.relay != "none" else ""
+                print(f"        last: {r.last_reply}{relay}")
     if not as_json:
         print(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'} in the queue")
     return EXIT_OK

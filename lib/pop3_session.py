@@ -329,25 +329,25 @@ class Pop3Session:
         return Step([ok(f"{count} {size}")])
 
     def _list(self, argument: str) -> Step:
-        if argument.strip():
-            found = self._message(argument)
-            if isinstance(found, PopReply):
-                return Step([found])
-            index, message = found
-            return Step([ok(f"{index + 1} {message.size}")])
         count, size = self._totals()
-        lines = [f"{i + 1} {m.size}" for i, m in enumerate(self.messages) if i not in self.deleted]
-        return Step([ok(f"{count} messages ({size} octets)")], body=_lines(lines))
+        return self._listing(argument, lambda message: message.size,
+                             ok(f"{count} messages ({size} octets)"))
 
     def _uidl(self, argument: str) -> Step:
+        return self._listing(argument, lambda message: message.uid,
+                             ok("Unique-ID listing follows"))
+
+    def _listing(self, argument: str, value: Callable, header: PopReply) -> Step:
+        """LIST and UIDL: one message's line, or every message not marked deleted."""
         if argument.strip():
             found = self._message(argument)
             if isinstance(found, PopReply):
                 return Step([found])
             index, message = found
-            return Step([ok(f"{index + 1} {message.uid}")])
-        lines = [f"{i + 1} {m.uid}" for i, m in enumerate(self.messages) if i not in self.deleted]
-        return Step([ok("Unique-ID listing follows")], body=_lines(lines))
+            return Step([ok(f"{index + 1} {value(message)}")])
+        lines = [f"{i + 1} {value(m)}" for i, m in enumerate(self.messages)
+                 if i not in self.deleted]
+        return Step([header], body=_lines(lines))
 
     def _retr(self, argument: str) -> Step:
         found = self._message(argument)

@@ -21,6 +21,21 @@ def is_number(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+class _CrCarry:
+    """Holds back a CR that ends a chunk, so a CRLF split across two chunks is
+    still seen as one line ending."""
+
+    def __init__(self):
+        self.pending = False
+
+    def join(self, chunk: bytes) -> bytes:
+        """The chunk with the CR held from the last one, minus a CR at its end."""
+        if self.pending:
+            chunk = b"\r" + chunk
+        self.pending = chunk.endswith(b"\r")
+        return chunk[:-1] if self.pending else chunk
+
+
 class LfConverter:
     """Any line endings -> LF only. CRLF becomes LF; a bare CR is dropped.
 
@@ -29,19 +44,13 @@ class LfConverter:
     """
 
     def __init__(self):
-        self._pending_cr = False
+        self._carry = _CrCarry()
 
     def feed(self, chunk: bytes) -> bytes:
-        if self._pending_cr:
-            chunk = b"\r" + chunk
-            self._pending_cr = False
-        if chunk.endswith(b"\r"):
-            chunk = chunk[:-1]
-            self._pending_cr = True
-        return chunk.replace(b"\r\n", b"\n").replace(b"\r", b"")
+        return self._carry.join(chunk).replace(b"\r\n", b"\n").replace(b"\r", b"")
 
     def flush(self) -> bytes:
-        self._pending_cr = False      # a trailing bare CR is dropped like any other
+        self._carry.pending = False   # a trailing bare CR is dropped like any other
         return b""
 
 
@@ -269,7 +278,7 @@ class MessageEncoder:
     def __init__(self, foreign: bool = False):
         self._foreign = foreign
         self._line_start = True     # the next byte starts a line
-        self._pending_cr = False    # foreign: a CR at the end of the last chunk
+        self._carry = _CrCarry()    # foreign: a CR at the end of the last chunk
         self._empty = True
         self._ends_with_lf = True
 
@@ -277,14 +286,9 @@ class MessageEncoder:
         if not chunk:
             return b""
         if self._foreign:
-            if self._pending_cr:
-                chunk = b"\r" + chunk
-                self._pending_cr = False
-            if chunk.endswith(b"\r"):
-                chunk = chunk[:-1]
-                self._pending_cr = True
-                if not chunk:
-                    return b""
+            chunk = self._carry.join(chunk)
+            if not chunk:
+                return b""
             out = chunk.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         else:
             out = chunk.replace(b"\n", b"\r\n")
@@ -300,9 +304,9 @@ class MessageEncoder:
     def finish(self) -> bytes:
         """The rest, the missing final CRLF if any, and the terminating '.' line."""
         tail = b""
-        if self._pending_cr:
+        if self._carry.pending:
             tail = b"\r"
-            self._pending_cr = False
+            self._carry.pending = False
             self._ends_with_lf = False
             self._empty = False
         if not self._empty and not self._ends_with_lf:
