@@ -155,6 +155,7 @@ class MaildirStore:
         self.syncer = syncer or DirSyncer()
         self._known: set[str] = set()      # Maildirs seen to exist: no stat per message
         self._listings: dict[str, tuple[int, list]] = {}   # folder -> (mtime_ns, listing)
+        self._snapshots: dict[str, tuple[tuple, list]] = {}  # maildir -> (mtimes, messages)
         self._cache_lock = threading.Lock()
         self._pid = os.getpid()
 
@@ -272,19 +273,33 @@ class MaildirStore:
         """Every message in new/ and cur/, oldest first, with POP3 sizes and UIDs.
 
         Sizes come from the `,W=` field of our own names; only files that
-        another program wrote are read to count their octets. Each folder's
-        listing is kept in memory with the folder's mtime, and used again
-        while the folder has not changed: a login to a 10,000-message mailbox
-        that nobody touched costs two stat() calls, not a listing.
+        another program wrote are read to count their octets. Listings are
+        kept in memory with the folders' mtimes and used again while the
+        folders have not changed: a login to a 10,000-message mailbox that
+        nobody touched costs two stat() calls, not a listing.
         """
         base = str(self.ensure(mailbox))
-        entries = self._folder(os.path.join(base, "new")) + \
-            self._folder(os.path.join(base, "cur"))
+        folders = (os.path.join(base, "new"), os.path.join(base, "cur"))
+        stamps = tuple(os.stat(folder).st_mtime_ns for folder in folders)
+        with self._cache_lock:
+            cached = self._snapshots.get(base)
+        if cached is not None and cached[0] == stamps:
+            return list(cached[1])
+        entries = self._folder(folders[0], stamps[0]) + self._folder(folders[1], stamps[1])
         entries.sort()                         # two sorted runs: a linear merge
         messages = [message for _, message in entries]
         if len({message.uid for message in messages}) != len(messages):
             messages = _distinct_uids(messages)
-        return messages
+        if self._stable(stamps):
+            with self._cache_lock:
+                self._snapshots[base] = (stamps, messages)
+        return list(messages)
+
+    @staticmethod
+    def _stable(stamps: tuple[int, ...]) -> bool:
+        """Only folders left alone for a while are cached: mtimes are coarse (a
+        few ms), so a change in the same tick as our stat() could go unseen."""
+        return time.time_ns() - max(stamps) > STABLE_FOLDER_NS
 
     def warm(self, mailboxes: Iterable[str]) -> None:
         """List every mailbox once (at start), so even first logins find it ready."""
@@ -294,9 +309,8 @@ class MaildirStore:
             except OSError:
                 pass
 
-    def _folder(self, folder: str) -> list[tuple[tuple, StoredMessage]]:
+    def _folder(self, folder: str, stamp: int) -> list[tuple[tuple, StoredMessage]]:
         """(sort key, message) for every file in one new/ or cur/, cached by mtime."""
-        stamp = os.stat(folder).st_mtime_ns
         with self._cache_lock:
             cached = self._listings.get(folder)
         if cached is not None and cached[0] == stamp:
@@ -309,9 +323,7 @@ class MaildirStore:
             if message is not None:
                 listing.append((_sort_key(folder, name), message))
         listing.sort()
-        # Only a folder left alone for a while is kept: mtimes are coarse (a few
-        # ms), so a change in the same tick as the stat above could go unseen.
-        if time.time_ns() - stamp > STABLE_FOLDER_NS:
+        if self._stable((stamp,)):
             with self._cache_lock:
                 self._listings[folder] = (stamp, listing)
         return list(listing)
