@@ -17,7 +17,6 @@ import base64
 import json
 import shutil
 import signal
-import socket
 import socketserver
 import statistics
 import subprocess

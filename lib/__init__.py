@@ -7,9 +7,11 @@ imports only modules listed above it here, so dependencies flow one way:
     wire, durable                    bytes on the wire; fsync primitives
     addresses, passwords             RFC 5321 addresses; hashes and SASL
     config, router                   the INI file; address resolution
-    maildir, spool, bounce           Maildirs; the outbound queue; DSNs
-    tls, policy                      SSL contexts; who may do what
+    maildir, spool, bounce, intake   Maildirs; the outbound queue; DSNs; accepting a message
+    tls, policy, services            SSL contexts; who may do what; what sessions share
+    protocol                         what both protocol engines take and return
     smtp_session, pop3_session       the protocol engines (no sockets inside)
-    delivery, listeners, daemon      queue runner; sockets; the process
+    submit, delivery                 the sendmail command's submission; the queue runner
+    listeners, advice, daemon        sockets; check's warnings; the process
     cli                              the subcommands
 """

@@ -54,7 +54,7 @@ def cmd_gencert(args) -> int:
     """A self-signed certificate for [server] hostname, made with openssl."""
     import shutil
     import subprocess
-    cfg = config_module.load(args.config)
+    cfg = config_module.load(args.config, tls_files=False)   # the files may be what we make
     hostname = args.hostname or cfg.server.hostname
     folder = Path(args.out or Path(args.config).resolve().parent / "tls")
     cert, key = folder / "cert.pem", folder / "key.pem"
@@ -74,7 +74,8 @@ def cmd_gencert(args) -> int:
     finally:
         os.umask(old_umask)
     if done.returncode != 0:
-        print(f"gencert: openssl failed: {done.stderr.strip().splitlines()[-1:]}",
+        said = done.stderr.strip().splitlines()
+        print(f"gencert: openssl failed: {said[-1] if said else 'exit ' + str(done.returncode)}",
               file=sys.stderr)
         return EXIT_FAILURE
     os.chmod(cert, 0o644)
@@ -224,7 +225,11 @@ def _queue_flush(spool) -> int:
 
 
 def _queue_remove(spool, queue_id: str) -> int:
-    from .spool import QueueBusy
+    from .spool import QueueBusy, check_id
+    try:
+        check_id(queue_id)
+    except ValueError as error:
+        raise UsageError(f"queue remove: {error}") from None
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -246,7 +251,11 @@ def _queue_remove(spool, queue_id: str) -> int:
 def cmd_sendmail(args) -> int:
     from .submit import SubmitError, prepare, submit
     options = _sendmail_options(args.args)
+    if not options["recipients"] and not options["from_header"]:
+        raise UsageError("sendmail: no recipients (give addresses, or -t to read them "
+                         "from the header)")
     runtime = load_runtime(args.config)
+    origin = f"uid {os.getuid()}"             # who ran it, before acting as the mail user
     raw = sys.stdin.buffer.read(runtime.config.limits.max_message_size + 1)
     if len(raw) > runtime.config.limits.max_message_size:
         print("sendmail: message larger than [limits] max_message_size", file=sys.stderr)
@@ -260,8 +269,7 @@ def cmd_sendmail(args) -> int:
         if os.geteuid() == 0 or _queue_writable(runtime):
             from .services import Services
             _become_mail_user(runtime)
-            accepted = submit(runtime, Services.create(runtime.config), prepared,
-                              f"uid {os.getuid()}").id
+            accepted = submit(runtime, Services.create(runtime.config), prepared, origin).id
         else:
             accepted = _submit_over_smtp(runtime, prepared)
     except SubmitError as error:

@@ -62,13 +62,6 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-def format_size(octets: int) -> str:
-    for unit, size in (("G", 1024 ** 3), ("M", 1024 ** 2), ("K", 1024)):
-        if octets >= size and octets % size == 0:
-            return f"{octets // size}{unit}"
-    return str(octets)
-
-
 # ---------------------------------------------------------------- converters
 
 def to_text(value: str) -> str:
@@ -362,8 +355,9 @@ class Config:
 
 # ---------------------------------------------------------------- loading
 
-def load(path: str | os.PathLike) -> Config:
-    """Read and validate the INI file at `path`; raise ConfigError on any problem."""
+def load(path: str | os.PathLike, tls_files: bool = True) -> Config:
+    """Read and validate the INI file at `path`; raise ConfigError on any problem.
+    tls_files=False skips the check that [tls] cert and key exist (gencert)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -371,10 +365,10 @@ def load(path: str | os.PathLike) -> Config:
         raise ConfigError(None, None, f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(None, None, f"{path}: cannot read: {error}") from None
-    return parse(text, path)
+    return parse(text, path, tls_files)
 
 
-def parse(text: str, path: Path) -> Config:
+def parse(text: str, path: Path, tls_files: bool = True) -> Config:
     """Validate INI `text` as if read from `path` (relative paths resolve against its folder)."""
     lines = _key_lines(text)
     parser = configparser.ConfigParser(
@@ -387,7 +381,7 @@ def parse(text: str, path: Path) -> Config:
     except configparser.Error as error:
         raise _parser_error(error, path) from None
     try:
-        return _build(parser, path, lines)
+        return _build(parser, path, lines, tls_files)
     except ConfigError as error:
         raise error.located(str(path), lines.get((error.section, error.key))) from None
 
@@ -427,7 +421,7 @@ def _key_lines(text: str) -> dict[tuple[str, str | None], int]:
 
 
 def _build(parser: configparser.ConfigParser, path: Path,
-           lines: Mapping[tuple[str, str | None], int]) -> Config:
+           lines: Mapping[tuple[str, str | None], int], tls_files: bool = True) -> Config:
     known = set(SCHEMA) | set(MAP_SECTIONS)
     for section in parser.sections():
         if section not in known:
@@ -436,7 +430,7 @@ def _build(parser: configparser.ConfigParser, path: Path,
     values = {name: _typed_section(parser, name, cls, keys)
               for name, (cls, keys) in SCHEMA.items()}
     server = _finish_server(values["server"], base)
-    tls = _finish_tls(values["tls"], base)
+    tls = _finish_tls(values["tls"], base, tls_files)
     relay = _finish_relay(values["relay"], base)
     listen = values["listen"]
     _check_listeners(listen, tls)
@@ -489,14 +483,14 @@ def _machine_hostname() -> str:
         return "localhost"
 
 
-def _finish_tls(tls: TlsSection, base: Path) -> TlsSection:
+def _finish_tls(tls: TlsSection, base: Path, check_files: bool = True) -> TlsSection:
     cert = (base / tls.cert).resolve() if tls.cert else None
     key = (base / tls.key).resolve() if tls.key else cert
     if key is not None and cert is None:
         raise ConfigError("tls", "key", "is set but [tls] cert is not")
-    if cert is not None and not cert.is_file():
+    if check_files and cert is not None and not cert.is_file():
         raise ConfigError("tls", "cert", f"file not found: {cert}")
-    if key is not None and not key.is_file():
+    if check_files and key is not None and not key.is_file():
         raise ConfigError("tls", "key", f"file not found: {key}")
     return TlsSection(cert=cert, key=key, plaintext_auth=tls.plaintext_auth)
 

@@ -78,17 +78,21 @@ class BatchingListener(logging.handlers.QueueListener):
 
 
 def _emit_batch(handler: logging.Handler, batch: list[logging.LogRecord]) -> None:
+    """Write a batch; never raise, so the log thread (and its queue) never stops."""
     if not batch:
         return
     if isinstance(handler, logging.StreamHandler) and not \
             isinstance(handler, logging.handlers.SysLogHandler):
-        if isinstance(handler, logging.handlers.WatchedFileHandler):
-            handler.reopenIfNeeded()
         try:
+            if isinstance(handler, ReopeningFileHandler):
+                handler.reopenIfNeeded()      # logrotate moved the file away
             text = "".join(handler.format(record) + handler.terminator for record in batch)
             with handler.lock:
                 handler.stream.write(text)
                 handler.flush()
+            return
+        except (OSError, AttributeError) as error:
+            _log_trouble(f"cannot write the log ({error}); these lines go to stderr:", batch)
             return
         except Exception:
             pass                  # write them one by one, so one bad line costs only itself
@@ -96,15 +100,37 @@ def _emit_batch(handler: logging.Handler, batch: list[logging.LogRecord]) -> Non
         handler.handle(record)
 
 
-def configure_logging(config: Config) -> None:
-    """Send the log to [server] log. Sessions only put records on a queue; one
-    thread does the writing, so a slow disk or syslog never stalls a client."""
-    global _listener
-    stop_logging()
-    logger = logging.getLogger(LOGGER_NAME)
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
+_trouble_reported = 0.0
+
+
+def _log_trouble(note: str, batch: list[logging.LogRecord]) -> None:
+    """The log target failed: the lines go to stderr (systemd's journal) instead."""
+    global _trouble_reported
+    formatter = LineFormatter()
+    try:
+        if time.monotonic() - _trouble_reported > 60:
+            _trouble_reported = time.monotonic()
+            sys.stderr.write(f"mailbox_appliance: {note}\n")
+        sys.stderr.write("".join(formatter.format(record) + "\n" for record in batch))
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+class ReopeningFileHandler(logging.handlers.WatchedFileHandler):
+    """Reopens the file when logrotate moves it away (WatchedFileHandler), and
+    keeps trying after a reopen failed: the stock one gives up for good then."""
+
+    def reopenIfNeeded(self) -> None:
+        if self.stream is None:
+            self.stream = self._open()          # raises again while it cannot
+            self._statstream()
+            return
+        super().reopenIfNeeded()
+
+
+def open_log_handler(config: Config) -> logging.Handler:
+    """The handler for [server] log; raises OSError when it cannot be opened."""
     target = config.server.log
     if target == "stderr":
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
@@ -117,10 +143,23 @@ def configure_logging(config: Config) -> None:
         handler.ident = "mailbox_appliance: "
     else:
         Path(target).parent.mkdir(parents=True, exist_ok=True)
-        # WatchedFileHandler reopens the file when logrotate moves it away.
-        handler = logging.handlers.WatchedFileHandler(target, encoding="utf-8",
-                                                      errors="backslashreplace")
+        handler = ReopeningFileHandler(target, encoding="utf-8", errors="backslashreplace")
         handler.setFormatter(LineFormatter())
+    return handler
+
+
+def configure_logging(config: Config) -> None:
+    """Send the log to [server] log. Sessions only put records on a queue; one
+    thread does the writing, so a slow disk or syslog never stalls a client.
+    The new target is opened before the old one is let go: when it cannot be
+    opened (OSError), the old logging stays as it was."""
+    global _listener
+    handler = open_log_handler(config)
+    stop_logging()
+    logger = logging.getLogger(LOGGER_NAME)
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+        old.close()
     records: queue.SimpleQueue = queue.SimpleQueue()
     _listener = BatchingListener(records, handler)
     _listener.start()
@@ -145,7 +184,7 @@ class Daemon:
     def __init__(self, config_path: Path, runtime: Runtime, pid_file: Path | None = None):
         self.config_path = config_path
         self.runtime = runtime            # replaced whole by a reload; sessions keep theirs
-        self.services = Services.create(runtime.config)
+        self.services: Services | None = None   # made after the switch to [server] user
         self.closing = threading.Event()
         self.log = EventLog("daemon")
         self.pid_file = pid_file or (Path(runtime.config.server.pid_file)
@@ -158,12 +197,14 @@ class Daemon:
     # ------------------------------------------------------------ start
 
     def prepare_storage(self) -> None:
+        """Folders, leftovers of a crash, listings: done as the mail user, so
+        everything made belongs to it and no symlink it planted is followed as root."""
         cfg = self.runtime.config
         try:
-            cfg.server.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.services = Services.create(cfg)
         except OSError as error:
-            raise StartError(f"[server] data_dir: cannot create {cfg.server.data_dir}: "
-                             f"{error.strerror}") from None
+            raise StartError(f"[server] data_dir: cannot use {cfg.server.data_dir}: "
+                             f"{error.strerror} ({error.filename})") from None
         if cfg.listen.pop3 or cfg.listen.pop3s:
             started = time.monotonic()
             self.services.store.warm(cfg.mailboxes)      # first POP3 logins find lists ready
@@ -204,10 +245,18 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_reload_signal)
-        self.prepare_storage()
-        servers = self.bind()
+        servers = self.bind()                  # ports below 1024 need root
         self._write_pid_file()
+        make_data_dir(self.runtime.config)
         drop_privileges(self.runtime.config, self.log)
+        try:
+            configure_logging(self.runtime.config)  # opened as the mail user
+        except OSError as error:
+            raise StartError(f"[server] log: cannot open {self.runtime.config.server.log}: "
+                             f"{error.strerror or error}") from None
+        if os.geteuid() == 0:
+            self.log.warning("running_as_root", reason="[server] user is not set")
+        self.prepare_storage()
         self.start(servers)
         self.runner = QueueRunner(self)
         self.runner.start()
@@ -217,7 +266,10 @@ class Daemon:
             self._stop.wait(0.2)
             if self._reload.is_set():
                 self._reload.clear()
-                self.reload()
+                try:
+                    self.reload()
+                except Exception:               # a reload must never take the server down
+                    self.log.exception("reload_failed", kept="the running config")
         self.stop()
         return 0
 
@@ -243,7 +295,13 @@ class Daemon:
                              reason="a new data_dir takes effect at the next restart")
         if runtime.config.server.log != old.config.server.log or \
                 runtime.config.server.log_level != old.config.server.log_level:
-            configure_logging(runtime.config)
+            try:
+                configure_logging(runtime.config)
+            except OSError as error:
+                self.log.error("reload_failed", key="[server] log",
+                               error=f"cannot open {runtime.config.server.log}: {error}",
+                               kept="the running config")
+                return False
         else:
             reopen_logs()
         wanted = set(runtime.config.listen.listeners())
@@ -262,9 +320,6 @@ class Daemon:
                       listeners=len(self._servers), mailboxes=len(runtime.config.mailboxes),
                       domains=len(runtime.config.domains))
         return True
-
-    def request_stop(self) -> None:
-        self._stop.set()
 
     def close_listeners(self) -> None:
         for server in self._servers.values():
@@ -326,25 +381,33 @@ def _import_before_dropping_root(config: Config) -> None:
             pass                           # reported when an MX look-up is needed
 
 
+def make_data_dir(config: Config) -> None:
+    """Create data_dir (as root, before the switch) and give it to [server] user."""
+    data_dir = config.server.data_dir
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:
+        raise StartError(f"[server] data_dir: cannot create {data_dir}: {error.strerror}") from None
+    if os.geteuid() == 0 and config.server.user:
+        try:
+            account = pwd.getpwnam(config.server.user)
+        except KeyError:
+            raise StartError(f"[server] user: no such user {config.server.user!r}") from None
+        _give_to(data_dir, account.pw_uid, account.pw_gid)
+
+
 def drop_privileges(config: Config, log: EventLog | None = None) -> None:
     """Started as root: become [server] user (its groups, then its gid, then its
-    uid), after making data_dir and the log file its own. Refuses to go on as
-    root when the switch does not take. Not root: nothing to do."""
-    if os.geteuid() != 0:
+    uid). Refuses to go on as root when the switch does not take. Not root, or
+    no user set: nothing to do (serve logs a warning for root)."""
+    if os.geteuid() != 0 or not config.server.user:
         return
     name = config.server.user
-    if not name:
-        if log is not None:
-            log.warning("running_as_root", reason="[server] user is not set")
-        return
     try:
         account = pwd.getpwnam(name)
     except KeyError:
         raise StartError(f"[server] user: no such user {name!r}") from None
     _import_before_dropping_root(config)
-    _give_to(config.server.data_dir, account.pw_uid, account.pw_gid)
-    if config.server.log not in ("stderr", "syslog") and os.path.exists(config.server.log):
-        os.chown(config.server.log, account.pw_uid, account.pw_gid)
     try:
         os.initgroups(name, account.pw_gid)      # its supplementary groups, e.g. ssl-cert
         os.setgid(account.pw_gid)
@@ -361,11 +424,13 @@ def drop_privileges(config: Config, log: EventLog | None = None) -> None:
 
 
 def _give_to(data_dir: Path, uid: int, gid: int) -> None:
-    """chown -R data_dir to the mail user when it is not theirs already."""
-    if data_dir.stat().st_uid == uid:
+    """chown -R data_dir to the mail user where it (or its two top folders) is
+    someone else's. Symlinks are changed themselves, never followed."""
+    tops = [data_dir, data_dir / "mail", data_dir / "queue"]
+    if all(not top.exists() or top.lstat().st_uid == uid for top in tops):
         return
     os.lchown(data_dir, uid, gid)
-    for folder, dirs, files in os.walk(data_dir):
+    for folder, dirs, files in os.walk(data_dir):         # does not follow symlinks
         for name in dirs + files:
             os.lchown(os.path.join(folder, name), uid, gid)
 
@@ -381,9 +446,12 @@ def reopen_logs() -> None:
     """After logrotate: the file handler opens the new file (it also notices by itself)."""
     if _listener is not None:
         for handler in _listener.handlers:
-            if isinstance(handler, logging.handlers.WatchedFileHandler):
-                with handler.lock:
-                    handler.reopenIfNeeded()
+            if isinstance(handler, ReopeningFileHandler):
+                try:
+                    with handler.lock:
+                        handler.reopenIfNeeded()
+                except OSError:
+                    pass                     # reported by the log thread when it writes
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
@@ -397,8 +465,8 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 
 
 def serve(config_path: Path, runtime: Runtime, pid_file: Path | None = None) -> int:
+    """Run the daemon; the log is set up once it runs as the mail user."""
     limit_malloc_arenas()
-    configure_logging(runtime.config)
     try:
         return Daemon(config_path, runtime, pid_file).run()
     finally:

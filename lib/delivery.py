@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from . import bounce, tls, wire
 from .addresses import parse_mailbox
 from .config import Config, HostPort, format_duration
+from .errors import PermanentFailure, TemporaryFailure
 from .intake import Destinations
 from .logfmt import EventLog
 from .router import REJECTED
@@ -42,14 +43,6 @@ SEND_CHUNK = 256 * 1024
 CACHE_IDLE_SECONDS = 5.0      # an idle cached connection is closed after this
 CACHE_MAX_USES = 100          # transactions per connection before a fresh one
 GAVE_UP = "gave up after"     # marks a recipient that expired rather than failed
-
-
-class TemporaryFailure(Exception):
-    """This attempt failed; try again later (4xx, timeouts, DNS trouble)."""
-
-
-class PermanentFailure(Exception):
-    """This will never work (5xx, no such domain, null MX): bounce."""
 
 
 @dataclass(frozen=True)
@@ -119,10 +112,11 @@ class HopFinder:
 
     def _query(self, name: str, rdtype: str):
         """Answers, [] when the name has no such records; raises for the rest."""
+        resolver = self._dns()
         import dns.exception
         import dns.resolver
         try:
-            return list(self._dns().resolve(name, rdtype, search=False))
+            return list(resolver.resolve(name, rdtype, search=False))
         except dns.resolver.NXDOMAIN:
             raise
         except dns.resolver.NoAnswer:
@@ -134,6 +128,7 @@ class HopFinder:
             raise TemporaryFailure(f"DNS look-up of {name} {rdtype} failed: {error}") from None
 
     def _addresses(self, name: str) -> tuple[str, ...]:
+        self._dns()
         import dns.resolver
         found = []
         for rdtype in ("A", "AAAA"):
@@ -144,6 +139,7 @@ class HopFinder:
         return tuple(found)
 
     def _mx_hops(self, domain: str) -> list[Hop]:
+        self._dns()                       # a clear TemporaryFailure when dnspython is missing
         import dns.resolver
         port = self.config.relay.mx_port
         try:
@@ -260,6 +256,9 @@ def transact(runtime: Runtime, hop: Hop, address: str, sender: str, recipients: 
         client, outcome.tls, uses = cached
         try:
             _envelope_and_data(client, sender, recipients, message_path, utf8, outcome)
+        except TemporaryFailure:
+            _quit(client)
+            raise
         except (OSError, smtplib.SMTPException):
             client.close()                     # went stale while idle: start afresh
             cached = None
@@ -270,6 +269,9 @@ def transact(runtime: Runtime, hop: Hop, address: str, sender: str, recipients: 
     client = _open_session(runtime, hop, address, relay, outcome)
     try:
         _envelope_and_data(client, sender, recipients, message_path, utf8, outcome)
+    except TemporaryFailure:
+        _quit(client)
+        raise
     except (OSError, smtplib.SMTPException) as error:
         client.close()
         if not outcome.replies:
@@ -377,6 +379,9 @@ def _envelope_and_data(client: smtplib.SMTP, sender: str, recipients: list[str],
     options = f" SIZE={size}" if client.has_extn("size") else ""
     if client.has_extn("8bitmime"):
         options += " BODY=8BITMIME"
+    # An address that is not ASCII needs SMTPUTF8 whatever the client declared
+    # (an alias can forward to one).
+    utf8 = utf8 or not (sender.isascii() and all(r.isascii() for r in recipients))
     if utf8:
         if not client.has_extn("smtputf8"):             # RFC 6531 3.4: bounce, never downgrade
             for rcpt in recipients:
@@ -494,8 +499,8 @@ class QueueRunner:
                 self._wake_mtime = mtime
                 try:
                     self.rescan()
-                except OSError as error:
-                    self.log.error("rescan_failed", error=str(error))
+                except Exception:            # the watcher must outlive any one bad look
+                    self.log.exception("rescan_failed")
 
     def _next(self) -> str | None:
         """The next due entry, marked busy; None after a second with nothing due."""
@@ -523,7 +528,8 @@ class QueueRunner:
 
     def _update_flow(self, now: float) -> None:
         """Tell the intake how far delivery lags: entries due now, and in flight."""
-        due = sum(1 for when, _ in self._due if when <= now)
+        due = sum(1 for when, queue_id in self._due
+                  if when <= now and self._scheduled.get(queue_id) == when)
         self.app.services.flow.update(due + len(self._busy))
 
     def _work(self) -> None:
@@ -596,6 +602,11 @@ class QueueRunner:
                                   relay="none")
             except TemporaryFailure as failure:
                 outcome = Outcome(replies={r.address: f"451 4.4.1 {failure}"
+                                           for r in recipients}, relay="none")
+            except Exception as error:       # a bug or the unforeseen: retry, expire, bounce
+                log.exception("attempt_failed", to=[r.address for r in recipients])
+                outcome = Outcome(replies={r.address: f"451 4.3.0 local error: "
+                                           f"{type(error).__name__}: {error}"
                                            for r in recipients}, relay="none")
             self._record(runtime, envelope, recipients, outcome, log)
 

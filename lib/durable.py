@@ -83,17 +83,22 @@ class DirSyncer:
                 state.reopen = True
 
 
+def write_all(fd: int, data) -> None:
+    """os.write until everything is written (it may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def write_synced(path: str | os.PathLike, data: bytes, mode: int = 0o600) -> None:
     """Create `path` (it must not exist) holding `data`, fsync'd."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, data)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
-        _unlink_quietly(path)
+        unlink_quietly(path)
         raise
     os.close(fd)
 
@@ -113,14 +118,16 @@ def replace_durably(path: str | os.PathLike, data: bytes, temp_dir: str | os.Pat
     try:
         os.rename(temp, path)
     except BaseException:
-        _unlink_quietly(temp)
+        unlink_quietly(temp)
         raise
     directory = os.path.dirname(path) or "."
     (syncer.sync if syncer else fsync_dir)(directory)
 
 
-def _unlink_quietly(path: str) -> None:
+def unlink_quietly(path: str | os.PathLike) -> bool:
+    """Remove a file that may already be gone; True when this call removed it."""
     try:
         os.unlink(path)
-    except OSError:
-        pass
+        return True
+    except FileNotFoundError:
+        return False

@@ -16,22 +16,16 @@ class Reject(MailError):
         self.reason = reason or reply.text
 
 
-class TempFail(MailError):
-    """A lookup or resource failed: the client must retry later, never be accepted."""
-
-    def __init__(self, reason: str, reply=None):
-        super().__init__(reason)
-        self.reason = reason
-        self.reply = reply
-
-
 class DeliveryError(MailError):
-    """An outbound attempt failed; `permanent` decides between retry and bounce."""
+    """An outbound attempt failed."""
 
-    def __init__(self, message: str, *, permanent: bool, reply: str = ""):
-        super().__init__(message)
-        self.permanent = permanent
-        self.reply = reply or message
+
+class TemporaryFailure(DeliveryError):
+    """Try again later: a 4xx reply, a timeout, DNS trouble, a host that is down."""
+
+
+class PermanentFailure(DeliveryError):
+    """This will never work (a 5xx reply, no such domain, a null MX): bounce."""
 
 
 class ConfigError(MailError):

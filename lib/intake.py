@@ -85,10 +85,6 @@ class Incoming:
         self._temp.flush()
         return self._temp.path
 
-    @property
-    def size(self) -> int:
-        return self._temp.size
-
     def write(self, data: bytes, lines: int | None = None) -> None:
         if not self._head_done:
             self._scan_head(data)
@@ -119,9 +115,11 @@ class Incoming:
                 utf8=self.utf8, origin=self.origin,
                 recipients=[Recipient(address=a, original=o) for a, o in self.destinations.remote])
             if self.destinations.mailboxes:
+                # Queued but not announced: nothing is sent before the local
+                # copies are on disk too, so a failure below can take it back.
                 self._temp.finish()
-                accepted.queue_id = intake.spool.enqueue_copy(self._temp.path, len(self._return_path),
-                                                              envelope)
+                accepted.queue_id = intake.spool.enqueue_copy(
+                    self._temp.path, len(self._return_path), envelope, announce=False)
             else:
                 accepted.queue_id = intake.spool.commit(self._temp, envelope)
                 return accepted
@@ -129,8 +127,11 @@ class Incoming:
             accepted.mailboxes = intake.store.commit(self._temp, self.destinations.mailboxes)
         except BaseException:
             if accepted.queue_id:
-                intake.spool.remove(accepted.queue_id)   # all or nothing: the client retries
+                with intake.spool.locked(accepted.queue_id, wait=True):
+                    intake.spool.remove(accepted.queue_id)   # all or nothing: the client retries
             raise
+        if accepted.queue_id:
+            intake.spool.announce(accepted.queue_id)
         return accepted
 
     def discard(self) -> None:

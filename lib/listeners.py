@@ -21,7 +21,7 @@ import time
 from typing import Protocol
 
 from . import replies
-from .config import HostPort
+from .config import IMPLICIT_TLS_KINDS, HostPort
 from .logfmt import EventLog
 from .services import Runtime, Services
 from .protocol import Action, ClientInfo, Step
@@ -31,7 +31,7 @@ from .tls import info_of
 from .wire import LineReader, LineTooLong
 
 POLL_SECONDS = 0.5          # how often an idle connection checks for shutdown
-RECV_SIZE = 256 * 1024      # big reads: DATA is decoded a chunk at a time, not line by line
+HANDSHAKE_SECONDS = 60.0    # a TLS handshake gets this long, however long command_timeout is
 SEND_BATCH = 256 * 1024     # queued output beyond this is sent before more is read from disk
 LISTEN_BACKLOG = 1024       # a burst of connections waits in the kernel, not refused
 
@@ -130,7 +130,7 @@ class Connection:
         self.sock = sock
         self.app = app
         self.timeout = timeout
-        self.reader = LineReader(sock, recv_size=RECV_SIZE, wait=self._wait)
+        self.reader = LineReader(sock, wait=self._wait)
         self._deadline = 0.0
         self._out: list[bytes] = []
         self.pending = 0                  # octets queued in _out
@@ -199,7 +199,7 @@ class Connection:
         self.flush()
         dropped = self.reader.discard_buffer()
         self._poller.unregister(self.sock)
-        self.sock.settimeout(self.timeout)       # bounds the handshake
+        self.sock.settimeout(min(self.timeout, HANDSHAKE_SECONDS))
         tls_sock = context.wrap_socket(self.sock, server_side=True)
         self._set_timeouts(tls_sock)
         self.sock = tls_sock
@@ -211,7 +211,6 @@ class Connection:
 
 SESSIONS = {"smtp": SmtpSession, "submission": SmtpSession, "submissions": SmtpSession,
             "pop3": Pop3Session, "pop3s": Pop3Session}
-IMPLICIT_TLS = frozenset({"submissions", "pop3s"})
 
 
 class SessionHandler(socketserver.BaseRequestHandler):
@@ -227,9 +226,9 @@ class SessionHandler(socketserver.BaseRequestHandler):
         ip, port = self.client_address[:2]
         sock = self.request
         tls = None
-        if kind in IMPLICIT_TLS:
+        if kind in IMPLICIT_TLS_KINDS:
             try:
-                sock.settimeout(runtime.config.limits.command_timeout)
+                sock.settimeout(min(runtime.config.limits.command_timeout, HANDSHAKE_SECONDS))
                 sock = runtime.tls.wrap_socket(sock, server_side=True)
             except (OSError, ssl.SSLError) as error:
                 EventLog(engine.component).info("tls_failed", client=ip, listener=kind,

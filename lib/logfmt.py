@@ -2,7 +2,7 @@
 
     2026-11-29T15:30:00.123Z info comp=smtp session=3F2A9C event=rcpt to=<a@b> result=local
 
-`comp` is the component (smtp, pop3, queue, delivery, daemon); `session`
+`comp` is the component (smtp, pop3, delivery, queue, daemon, listener); `session`
 ties the lines of one connection together, `msg` those of one message across
 SMTP, queue and delivery. Values with spaces, quotes or '=' are quoted.
 """

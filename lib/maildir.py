@@ -27,12 +27,11 @@ import shutil
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterable, NamedTuple
 
 from . import wire
-from .durable import DirSyncer
+from .durable import DirSyncer, write_all
 
 STALE_TEMP_AGE = 36 * 3600     # the Maildir convention's limit for files in tmp/
 MAX_UID_LENGTH = 70            # RFC 1939 7: a unique-id is 1 to 70 characters
@@ -52,12 +51,6 @@ class MailboxBusy(Exception):
 def _safe_host(hostname: str) -> str:
     # The Maildir convention escapes '/' and ':'; ',' separates our size fields.
     return hostname.replace("/", r"\057").replace(":", r"\072").replace(",", r"\054")
-
-
-def _write_all(fd: int, data) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 class TempMessage:
@@ -87,12 +80,12 @@ class TempMessage:
             if len(self._pending) >= WRITE_BUFFER:
                 self.flush()
         else:
-            _write_all(self._fd, data)
+            write_all(self._fd, data)
 
     def flush(self) -> None:
         """Hand buffered bytes to the file (so another program can read them)."""
         if self._pending:
-            _write_all(self._fd, self._pending)
+            write_all(self._fd, self._pending)
             self._pending = bytearray()
 
     def finish(self) -> None:
@@ -172,6 +165,7 @@ class MaildirStore:
         if mailbox in self._known:
             return base
         if not (base / "cur").is_dir():
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)   # no listing of names
             for sub in ("", "tmp", "new", "cur"):
                 (base / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
                 self.syncer.forget(base / sub)
@@ -328,27 +322,24 @@ class MaildirStore:
                 self._listings[folder] = (stamp, listing)
         return list(listing)
 
-    def open(self, message: StoredMessage) -> BinaryIO:
-        """The message's file for reading (unbuffered: it is read in big chunks);
-        follows it if it moved from new/ to cur/."""
+    def _open_fd(self, message: StoredMessage) -> int:
+        """An fd of the message's file; follows it if it moved from new/ to cur/."""
         try:
-            return open(message.filename, "rb", buffering=0)
+            return os.open(message.filename, os.O_RDONLY)
         except FileNotFoundError:
             moved = self._find(message)
             if moved is None:
                 raise
-            return open(moved, "rb", buffering=0)
+            return os.open(moved, os.O_RDONLY)
+
+    def open(self, message: StoredMessage) -> BinaryIO:
+        """The message's file for reading (unbuffered: it is read in big chunks)."""
+        return open(self._open_fd(message), "rb", buffering=0)
 
     def read_whole(self, message: StoredMessage) -> bytes:
         """A message whose size the name gives, in one read: open, read, close,
         and nothing else (every syscall is a moment another thread takes the GIL)."""
-        try:
-            fd = os.open(message.filename, os.O_RDONLY)
-        except FileNotFoundError:
-            moved = self._find(message)
-            if moved is None:
-                raise
-            fd = os.open(moved, os.O_RDONLY)
+        fd = self._open_fd(message)
         try:
             data = os.read(fd, message.octets or 0)
             while len(data) < (message.octets or 0):       # a short read: rare, but legal

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import os
@@ -89,6 +90,9 @@ def verify(password: str, line: str) -> bool:
     return hmac.compare_digest(_derive(encoded, params, params.salt), params.key)
 
 
+_NO_GATE = contextlib.nullcontext()
+
+
 class VerifyCache:
     """Remembers recent successful checks so a mail client polling every few
     minutes does not pay the KDF each time (Dovecot's auth_cache does the same).
@@ -108,14 +112,18 @@ class VerifyCache:
         data = line.encode() + b"\0" + password.encode("utf-8", "surrogateescape")
         return hmac.new(self._secret, data, hashlib.sha256).digest()
 
-    def verify(self, password: str, line: str) -> bool:
+    def verify(self, password: str, line: str, gate=None) -> bool:
+        """A cache hit answers at once; a miss runs the KDF inside `gate` (a
+        semaphore bounding how many run at once), when one is given."""
         token = self._token(password, line)
         now = time.monotonic()
         with self._lock:
             expires = self._entries.get(token)
             if expires is not None and expires > now:
                 return True
-        if not verify(password, line):
+        with gate or _NO_GATE:
+            matched = verify(password, line)
+        if not matched:
             return False
         with self._lock:
             if len(self._entries) >= self._max:

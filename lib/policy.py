@@ -188,6 +188,9 @@ class Authenticator:
     def __init__(self, throttle: AuthThrottle, cache: passwords.VerifyCache):
         self.throttle = throttle
         self.cache = cache
+        # Each scrypt check takes 16 MiB and a core for ~25 ms: a crowd of
+        # strangers guessing at once must not add up to gigabytes.
+        self._kdf_slots = threading.BoundedSemaphore(max(2, os.cpu_count() or 2))
 
     def locked(self, config: Config, ip: str) -> bool:
         return self.throttle.locked(ip, config.limits.auth_failures)
@@ -199,9 +202,10 @@ class Authenticator:
         mailbox = router.login(name)
         line = router.config.mailboxes.get(mailbox) if mailbox else None
         if line is None:
-            passwords.verify(password, _DUMMY_HASH)      # same cost as a real check
+            with self._kdf_slots:
+                passwords.verify(password, _DUMMY_HASH)  # same cost as a real check
             reason = "no such mailbox"
-        elif self.cache.verify(password, line):
+        elif self.cache.verify(password, line, self._kdf_slots):
             return LoginResult(mailbox, "ok")
         else:
             reason = "wrong password"

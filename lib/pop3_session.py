@@ -18,16 +18,17 @@ import secrets
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from . import passwords, policy, wire
+from . import passwords, wire
 from .logfmt import EventLog
 from .maildir import MailboxBusy, MailboxLock, StoredMessage
-from .protocol import Action, ClientInfo, Step
+from .protocol import Action, ClientInfo, SessionBasics, Step
+from . import replies
 from .replies import PopContinue, PopReply
 from .services import Runtime, Services
 from .tls import TlsInfo
 
 MAX_BAD_COMMANDS = 20
-READ_CHUNK = 256 * 1024
+RETR_CHUNK = 256 * 1024      # bigger messages are read and sent in pieces of this
 IMPLEMENTATION = "mailbox_appliance"
 
 
@@ -42,36 +43,13 @@ def ok(text: str = "") -> PopReply:
     return PopReply(True, text)
 
 
-def err(text: str, code: str | None = None) -> PopReply:
-    return PopReply(False, text, code)
-
-
-GREETING = ok("POP3 server ready")
-BYE = ok("Bye")
-NO_SUCH_MESSAGE = err("No such message")
-ALREADY_DELETED = err("Message already deleted")
-UNKNOWN_COMMAND = err("Unknown command")
-WRONG_STATE = err("Command not valid in this state")
-SYNTAX = err("Syntax error")
-AUTH_FAILED = err("Authentication failed", "AUTH")
-AUTH_LOCKED = err("Too many failed logins from your address, try again later", "SYS/TEMP")
-IN_USE = err("Mailbox is in use by another session", "IN-USE")
-PLAINTEXT_REFUSED = err("Plaintext authentication is not allowed without TLS: use STLS", "AUTH")
-SYS_TEMP = err("Temporary server error, try again later", "SYS/TEMP")
-LINE_TOO_LONG = err("Line too long")
-TOO_MANY_ERRORS = err("Too many errors, closing connection")
-TIMEOUT = err("Timeout, closing connection")
-SHUTTING_DOWN = err("Server shutting down, closing connection", "SYS/TEMP")
-AUTH_CANCELLED = err("Authentication cancelled")
-
-
 @dataclass(frozen=True)
 class Command:
     allowed: frozenset
     run: Callable
 
 
-class Pop3Session:
+class Pop3Session(SessionBasics):
     component = "pop3"
 
     def __init__(self, runtime: Runtime, services: Services, client: ClientInfo,
@@ -102,20 +80,12 @@ class Pop3Session:
     def max_line(self) -> int:
         return wire.MAX_SASL_LINE if self.state is State.AUTH else wire.MAX_POP3_LINE
 
-    @property
-    def auth_allowed(self) -> bool:
-        return policy.plaintext_auth_allowed(self.config, self.client.ip, self.tls is not None)
-
-    @property
-    def tls_offered(self) -> bool:
-        return self.runtime.tls is not None and self.tls is None
-
     # ------------------------------------------------------------ events
 
     def greeting(self) -> Step:
         self.log.info("connect", client=f"{self.client.ip}:{self.client.port}",
                       listener=self.client.listener, tls=self.tls.version if self.tls else None)
-        return self._say(Step([GREETING]))
+        return self._say(Step([replies.POP_GREETING]))
 
     def tls_started(self, info: TlsInfo) -> None:
         self.tls = info
@@ -129,16 +99,16 @@ class Pop3Session:
 
     def timeout(self) -> Step:
         self.close("timeout")
-        return self._say(Step([TIMEOUT], Action.CLOSE))
+        return self._say(Step([replies.POP_TIMEOUT], Action.CLOSE))
 
     def shutdown(self) -> Step:
         self.close("server shutting down")
-        return self._say(Step([SHUTTING_DOWN], Action.CLOSE))
+        return self._say(Step([replies.POP_SHUTTING_DOWN], Action.CLOSE))
 
     def line_too_long(self) -> Step:
         if self.state is State.AUTH:
             self.state = State.AUTHORIZATION
-        return self._error(LINE_TOO_LONG)
+        return self._error(replies.POP_LINE_TOO_LONG)
 
     def close(self, reason: str = "client closed") -> None:
         """The connection is gone: release the mailbox, delete nothing."""
@@ -166,7 +136,7 @@ class Pop3Session:
             self.log.exception("internal_error", state=self.state.value, user=self.mailbox)
             if self.state is State.AUTH:
                 self.state = State.AUTHORIZATION
-            return self._say(Step([SYS_TEMP]))
+            return self._say(Step([replies.POP_SYS_TEMP]))
 
     def _feed_line(self, line: bytes) -> Step:
         if self.state is State.CLOSED:
@@ -175,34 +145,28 @@ class Pop3Session:
         if self.log.debugging:
             self.log.debug("recv", line=self._masked(text))
         if b"\0" in text:
-            return self._error(SYNTAX.with_text("NUL character in command"))
+            return self._error(replies.POP_SYNTAX.with_text("NUL character in command"))
         decoded = text.decode("utf-8", "surrogateescape")
         if self.state is State.AUTH:
             return self._say(self._sasl_response(decoded))
         verb, _, argument = decoded.partition(" ")
         command = COMMANDS.get(verb.upper())
         if command is None:
-            return self._error(UNKNOWN_COMMAND)
+            return self._error(replies.POP_UNKNOWN_COMMAND)
         if self.state not in command.allowed:
-            return self._error(WRONG_STATE)
+            return self._error(replies.POP_WRONG_STATE)
         try:
             return self._say(command.run(self, argument))
         except OSError as error:                 # the Maildir went away or the disk failed
             self.log.exception("pop3_error", user=self.mailbox, error=str(error))
-            return self._say(Step([SYS_TEMP]))
-
-    def _say(self, step: Step) -> Step:
-        if self.log.debugging:
-            for reply in step.replies:
-                self.log.debug("send", reply=str(reply)[:200])
-        return step
+            return self._say(Step([replies.POP_SYS_TEMP]))
 
     def _error(self, reply: PopReply) -> Step:
         self.bad_commands += 1
         if self.bad_commands > MAX_BAD_COMMANDS:
             self.log.warning("too_many_errors", count=self.bad_commands)
             self.close("too many errors")
-            return self._say(Step([reply, TOO_MANY_ERRORS], Action.CLOSE))
+            return self._say(Step([reply, replies.POP_TOO_MANY_ERRORS], Action.CLOSE))
         return self._say(Step([reply]))
 
     def _masked(self, text: bytes) -> str:
@@ -230,25 +194,25 @@ class Pop3Session:
 
     def _stls(self, argument: str) -> Step:
         if self.tls is not None:
-            return Step([err("TLS is already active")])
+            return Step([replies.POP_TLS_ACTIVE])
         if self.runtime.tls is None:
-            return Step([err("TLS is not available")])
+            return Step([replies.POP_TLS_UNAVAILABLE])
         return Step([ok("Begin TLS negotiation")], Action.START_TLS)
 
     def _user(self, argument: str) -> Step:
         if not self.auth_allowed:
-            return Step([PLAINTEXT_REFUSED])
+            return Step([replies.POP_PLAINTEXT_REFUSED])
         name = argument.strip()
         if not name:
-            return self._error(SYNTAX.with_text("USER needs a name"))
+            return self._error(replies.POP_SYNTAX.with_text("USER needs a name"))
         self.user_name = name
         return Step([ok("Send the password")])     # the same answer for every name
 
     def _pass(self, argument: str) -> Step:
         if not self.auth_allowed:
-            return Step([PLAINTEXT_REFUSED])
+            return Step([replies.POP_PLAINTEXT_REFUSED])
         if self.user_name is None:
-            return self._error(err("USER first"))
+            return self._error(replies.POP_USER_FIRST)
         name, self.user_name = self.user_name, None
         return self._login("USER", name, argument)     # a password may contain spaces
 
@@ -257,9 +221,9 @@ class Pop3Session:
         if not mechanism:          # the RFC 1734 form some clients use to list mechanisms
             return Step([ok("Methods follow")], body=_lines(["PLAIN"]))
         if mechanism.upper() != "PLAIN":
-            return Step([err("Unsupported authentication mechanism")])
+            return Step([replies.POP_UNKNOWN_MECHANISM])
         if not self.auth_allowed:
-            return Step([PLAINTEXT_REFUSED])
+            return Step([replies.POP_PLAINTEXT_REFUSED])
         if initial.strip():
             return self._sasl_response(initial)
         self.state = State.AUTH
@@ -268,12 +232,12 @@ class Pop3Session:
     def _sasl_response(self, text: str) -> Step:
         self.state = State.AUTHORIZATION
         if text.strip() == "*":
-            return Step([AUTH_CANCELLED])
+            return Step([replies.POP_AUTH_CANCELLED])
         try:
             name, secret = passwords.decode_plain(passwords.b64decode_response(text))
         except passwords.SaslError as error:
             self.bad_commands += 1
-            return Step([err(f"Cannot decode the credentials: {error}")])
+            return Step([replies.POP_BAD_CREDENTIALS.fill(detail=str(error))])
         return self._login("PLAIN", name, secret)
 
     def _login(self, method: str, name: str, secret: str) -> Step:
@@ -281,18 +245,18 @@ class Pop3Session:
         if result.mailbox is None:
             self.log.warning("login_failed", method=method, user=name[:64], reason=result.reason,
                              client=self.client.ip)
-            return Step([AUTH_LOCKED if result.locked else AUTH_FAILED])
+            return Step([replies.POP_AUTH_LOCKED if result.locked else replies.POP_AUTH_FAILED])
         try:
             self._lock = self.store.lock(result.mailbox)
         except MailboxBusy:
             self.log.info("login_refused", user=result.mailbox, reason="mailbox in use")
-            return Step([IN_USE])
+            return Step([replies.POP_IN_USE])
         try:
             self.messages = self.store.snapshot(result.mailbox)
         except OSError as error:
             self._release()
             self.log.error("login_failed", user=result.mailbox, reason=f"cannot list: {error}")
-            return Step([SYS_TEMP])
+            return Step([replies.POP_SYS_TEMP])
         self.mailbox = result.mailbox
         self.state = State.TRANSACTION
         count, size = self._totals()
@@ -303,7 +267,7 @@ class Pop3Session:
     def _quit(self, argument: str) -> Step:
         if self.state is not State.TRANSACTION:
             self.close("quit")
-            return Step([BYE], Action.CLOSE)
+            return Step([replies.POP_BYE], Action.CLOSE)
         return self._update()
 
     # ------------------------------------------------------------ TRANSACTION
@@ -316,12 +280,12 @@ class Pop3Session:
         """The message a number argument names, or the error to answer."""
         text = text.strip()
         if not wire.is_number(text):
-            return SYNTAX.with_text("Message number required")
+            return replies.POP_SYNTAX.with_text("Message number required")
         index = int(text) - 1
         if not 0 <= index < len(self.messages):
-            return NO_SUCH_MESSAGE
+            return replies.POP_NO_SUCH_MESSAGE
         if index in self.deleted:
-            return ALREADY_DELETED
+            return replies.POP_ALREADY_DELETED
         return index, self.messages[index]
 
     def _stat(self, argument: str) -> Step:
@@ -355,7 +319,7 @@ class Pop3Session:
             return Step([found])
         index, message = found
         reply = ok(f"{message.size} octets")
-        if message.octets is not None and message.octets <= READ_CHUNK:
+        if message.octets is not None and message.octets <= RETR_CHUNK:
             try:
                 data = self.store.read_whole(message)
             except FileNotFoundError:
@@ -372,7 +336,7 @@ class Pop3Session:
     def _top(self, argument: str) -> Step:
         parts = argument.split()
         if len(parts) != 2 or not wire.is_number(parts[1]):
-            return Step([SYNTAX.with_text("TOP needs a message number and a line count")])
+            return Step([replies.POP_SYNTAX.with_text("TOP needs a message number and a line count")])
         found = self._message(parts[0])
         if isinstance(found, PopReply):
             return Step([found])
@@ -391,7 +355,7 @@ class Pop3Session:
 
     def _vanished(self, message: StoredMessage) -> PopReply:
         self.log.warning("message_vanished", user=self.mailbox, uid=message.uid)
-        return SYS_TEMP.with_text("Message vanished from the mailbox")
+        return replies.POP_SYS_TEMP.with_text("Message vanished from the mailbox")
 
     def _dele(self, argument: str) -> Step:
         found = self._message(argument)
@@ -431,7 +395,7 @@ class Pop3Session:
                       deleted=len(self.deleted), left=count, failed=failed or None)
         self.close("quit")
         if failed:
-            return Step([err("Some deleted messages were not removed", "SYS/TEMP")],
+            return Step([replies.POP_UPDATE_FAILED],
                         Action.CLOSE)
         return Step([ok(f"Bye ({len(self.deleted)} deleted, {count} left)")], Action.CLOSE)
 
@@ -449,7 +413,7 @@ def _stream(handle, foreign: bool) -> Iterator[bytes]:
     byte-stuffed, then '.'; always closes the file."""
     encoder = wire.MessageEncoder(foreign)
     try:
-        while chunk := handle.read(READ_CHUNK):
+        while chunk := handle.read(RETR_CHUNK):
             out = encoder.feed(chunk)
             if out:
                 yield out
@@ -465,7 +429,7 @@ def _top(handle, foreign: bool, body_lines: int) -> Iterator[bytes]:
         in_header = True
         left = body_lines
         pieces = []
-        for line in io.BufferedReader(handle, READ_CHUNK):   # the raw file reads bytewise
+        for line in io.BufferedReader(handle, RETR_CHUNK):   # the raw file reads bytewise
             if in_header:
                 pieces.append(encoder.feed(line))
                 if line in (b"\n", b"\r\n"):

@@ -7,6 +7,7 @@ import enum
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple
 
+from . import policy
 from .tls import TlsInfo
 
 
@@ -22,6 +23,28 @@ class Action(enum.Enum):
     NONE = "none"
     START_TLS = "start_tls"       # write the replies, then do the TLS handshake
     CLOSE = "close"               # write the replies, then close
+
+
+class SessionBasics:
+    """What the SMTP and POP3 engines share. A subclass sets runtime, config,
+    client, tls (TlsInfo or None) and log."""
+
+    @property
+    def tls_offered(self) -> bool:
+        """STARTTLS / STLS is possible: TLS is configured and not yet in use."""
+        return self.runtime.tls is not None and self.tls is None
+
+    @property
+    def auth_allowed(self) -> bool:
+        """May a password be sent on this connection now ([tls] plaintext_auth)?"""
+        return policy.plaintext_auth_allowed(self.config, self.client.ip, self.tls is not None)
+
+    def _say(self, step: "Step") -> "Step":
+        """Pass a step back, with its replies in the debug transcript."""
+        if self.log.debugging:
+            for reply in step.replies:
+                self.log.debug("send", reply=str(reply)[:200])
+        return step
 
 
 class Step(NamedTuple):

@@ -25,14 +25,6 @@ class Reply:
         """The reply with its {placeholders} filled in."""
         return replace(self, text=self.text.format(**values))
 
-    @property
-    def is_positive(self) -> bool:
-        return self.code < 400
-
-    @property
-    def is_temporary(self) -> bool:
-        return 400 <= self.code < 500
-
     def lines(self) -> list[str]:
         prefix = f"{self.enhanced} " if self.enhanced else ""
         texts = self.text.split("\n") or [""]
@@ -79,7 +71,6 @@ LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 FILTER_TEMPFAIL = Reply(451, "4.7.1", "Message could not be checked, try again later")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 AUTH_LOCKED = Reply(454, "4.7.0", "Too many failed logins from your address, try again later")
-TLS_UNAVAILABLE = Reply(454, "4.7.0", "TLS not available")
 
 # ---------------------------------------------------------------- SMTP: 5xx
 
@@ -146,3 +137,36 @@ class PopContinue:
 
     def __str__(self) -> str:
         return f"+ {self.challenge}"
+
+
+# ---------------------------------------------------------------- POP3 replies (RFC 1939, codes RFC 3206)
+
+def _pop_err(text: str, code: str | None = None) -> PopReply:
+    return PopReply(False, text, code)
+
+
+POP_GREETING = PopReply(True, "POP3 server ready")
+POP_BYE = PopReply(True, "Bye")
+POP_NO_SUCH_MESSAGE = _pop_err("No such message")
+POP_ALREADY_DELETED = _pop_err("Message already deleted")
+POP_UNKNOWN_COMMAND = _pop_err("Unknown command")
+POP_WRONG_STATE = _pop_err("Command not valid in this state")
+POP_SYNTAX = _pop_err("Syntax error")
+POP_AUTH_FAILED = _pop_err("Authentication failed", "AUTH")
+POP_AUTH_LOCKED = _pop_err("Too many failed logins from your address, try again later",
+                           "SYS/TEMP")
+POP_IN_USE = _pop_err("Mailbox is in use by another session", "IN-USE")
+POP_PLAINTEXT_REFUSED = _pop_err("Plaintext authentication is not allowed without TLS: use STLS",
+                                 "AUTH")
+POP_SYS_TEMP = _pop_err("Temporary server error, try again later", "SYS/TEMP")
+POP_LINE_TOO_LONG = _pop_err("Line too long")
+POP_TOO_MANY_ERRORS = _pop_err("Too many errors, closing connection")
+POP_TIMEOUT = _pop_err("Timeout, closing connection")
+POP_SHUTTING_DOWN = _pop_err("Server shutting down, closing connection", "SYS/TEMP")
+POP_AUTH_CANCELLED = _pop_err("Authentication cancelled")
+POP_TLS_ACTIVE = _pop_err("TLS is already active")
+POP_TLS_UNAVAILABLE = _pop_err("TLS is not available")
+POP_USER_FIRST = _pop_err("USER first")
+POP_UNKNOWN_MECHANISM = _pop_err("Unsupported authentication mechanism")
+POP_BAD_CREDENTIALS = _pop_err("Cannot decode the credentials: {detail}")
+POP_UPDATE_FAILED = _pop_err("Some deleted messages were not removed", "SYS/TEMP")

@@ -89,9 +89,6 @@ class Router:
         hostname = self.config.server.hostname
         return hostname if hostname in self._domains else next(iter(self._domains), hostname)
 
-    def is_local_domain(self, domain: str) -> bool:
-        return domain.lower() in self._domains
-
     def serves(self, domain: str, mailbox: str) -> bool:
         served = self._domains.get(domain.lower())
         return served == ALL_MAILBOXES or (served is not None and mailbox in served)

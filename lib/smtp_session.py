@@ -26,7 +26,7 @@ from .addresses import Address, AddressError, parse_path
 from .errors import Reject
 from .intake import Destinations, Incoming, path_text
 from .logfmt import EventLog
-from .protocol import Action, ClientInfo, Step
+from .protocol import Action, ClientInfo, SessionBasics, Step
 from .replies import Reply
 from .router import REJECTED, REMOTE, Resolution
 from .services import Runtime, Services
@@ -34,7 +34,9 @@ from .spool import new_id
 from .tls import TlsInfo
 
 MAX_BAD_COMMANDS = 20        # then 421 and close, as Postfix's smtpd_hard_error_limit
-CLIENT_ERRORS = frozenset({500, 501, 502, 503, 504, 555})   # replies that count towards it
+# replies that count towards it: syntax and sequence errors, and refused
+# recipients (so an address list cannot be probed without end), as Postfix counts
+CLIENT_ERRORS = frozenset({500, 501, 502, 503, 504, 550, 553, 554, 555})
 HTTP_VERBS = frozenset({"GET", "POST", "HEAD", "PUT", "CONNECT", "OPTIONS", "DELETE"})
 NOT_IMPLEMENTED_VERBS = frozenset({"EXPN", "TURN", "ETRN", "ATRN", "BDAT", "SEND", "SOML",
                                    "SAML"})
@@ -59,7 +61,6 @@ class Transaction:
     """One message: MAIL FROM to end of DATA."""
     sender: Address | None
     utf8: bool = False
-    declared_size: int | None = None
     recipients: list[tuple[Address, Resolution]] = field(default_factory=list)
     id: str = field(default_factory=new_id)
 
@@ -75,7 +76,7 @@ def _reply(*items: Reply, action: Action = Action.NONE) -> Step:
     return Step(list(items), action)
 
 
-class SmtpSession:
+class SmtpSession(SessionBasics):
     component = "smtp"
 
     def __init__(self, runtime: Runtime, services: Services, client: ClientInfo,
@@ -114,14 +115,6 @@ class SmtpSession:
     @property
     def host(self) -> str:
         return self.runtime.hostname
-
-    @property
-    def tls_offered(self) -> bool:
-        return self.runtime.tls is not None and self.tls is None
-
-    @property
-    def auth_allowed(self) -> bool:
-        return policy.plaintext_auth_allowed(self.config, self.client.ip, self.tls is not None)
 
     # ------------------------------------------------------------ events
 
@@ -222,12 +215,6 @@ class SmtpSession:
         if any(reply.code in CLIENT_ERRORS for reply in step.replies):
             return self._error(*step.replies)
         return self._say(step)
-
-    def _say(self, step: Step) -> Step:
-        if self.log.debugging:
-            for reply in step.replies:
-                self.log.debug("send", reply=str(reply))
-        return step
 
     def _error(self, *answer: Reply) -> Step:
         """A client error: counted, and after too many the connection is closed."""
@@ -420,7 +407,7 @@ class SmtpSession:
         waited = self.services.flow.admit()         # the queue lags: slow this client down
         if waited > 0.05:
             self.log.debug("in_flow_delay", seconds=round(waited, 2))
-        self.transaction = Transaction(sender=sender, utf8=utf8, declared_size=declared)
+        self.transaction = Transaction(sender=sender, utf8=utf8)
         self.state = State.MAIL
         self.log.debug("mail", msg=self.transaction.id, sender=path_text(sender),
                        size=declared, utf8=utf8 or None)

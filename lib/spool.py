@@ -6,7 +6,7 @@ Layout under `<data_dir>/queue/`:
     entries/ID.msg  the message, LF line endings, exactly as it will be sent
     entries/ID.env  the envelope: JSON with the sender and each recipient's state
 
-Commit point (`commit`): the message is fsync'd and renamed to `ID.msg`; the
+Commit point (`commit`): the message is fsync'd and hard-linked as `ID.msg`; the
 envelope is written to tmp/, fsync'd and renamed to `ID.env`; `entries/` is
 fsync'd. An entry exists exactly when its `.env` does, so a crash before the
 last rename leaves an orphan `.msg` that nobody acknowledged (removed by
@@ -25,14 +25,16 @@ import fcntl
 import itertools
 import json
 import os
+import re
 import secrets
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .durable import DirSyncer, replace_durably, temp_name, write_synced
+from .logfmt import EventLog
+from .durable import DirSyncer, replace_durably, temp_name, unlink_quietly, write_synced
 from .maildir import TempMessage
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
@@ -49,6 +51,16 @@ def new_id() -> str:
     Time-ordered and unique within a process; an id that another process
     happened to pick in the same millisecond is caught at commit (link fails)."""
     return f"{int(time.time() * 1000):011X}{next(_counter) % 16 ** 5:05X}"
+
+
+QUEUE_ID = re.compile(r"[0-9A-F]{16}\Z")
+
+
+def check_id(queue_id: str) -> str:
+    """A queue id as new_id makes them; anything else (`../x`) is refused."""
+    if not QUEUE_ID.match(queue_id):
+        raise ValueError(f"not a queue id: {queue_id!r} (16 characters 0-9 A-F)")
+    return queue_id
 
 
 @dataclass
@@ -77,9 +89,16 @@ class Envelope:
 
     @classmethod
     def from_json(cls, data: bytes) -> "Envelope":
-        raw = json.loads(data.decode("utf-8"))
-        raw["recipients"] = [Recipient(**item) for item in raw["recipients"]]
-        return cls(**raw)
+        """Raises ValueError for anything that is not an envelope. Keys this
+        version does not know are ignored (a newer version may add some)."""
+        try:
+            raw = json.loads(data.decode("utf-8"))
+            known = {f.name for f in fields(Recipient)}
+            raw["recipients"] = [Recipient(**{k: v for k, v in item.items() if k in known})
+                                 for item in raw["recipients"]]
+            return cls(**{k: v for k, v in raw.items() if k in {f.name for f in fields(cls)}})
+        except (UnicodeDecodeError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"not an envelope: {error}") from None
 
     @property
     def pending(self) -> list[Recipient]:
@@ -109,10 +128,10 @@ class Spool:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def message_path(self, queue_id: str) -> Path:
-        return self.entries_dir / f"{queue_id}.msg"
+        return self.entries_dir / f"{check_id(queue_id)}.msg"
 
     def envelope_path(self, queue_id: str) -> Path:
-        return self.entries_dir / f"{queue_id}.env"
+        return self.entries_dir / f"{check_id(queue_id)}.env"
 
     # ------------------------------------------------------------ enqueue
 
@@ -121,8 +140,9 @@ class Spool:
         base = f"{new_id()}.{os.getpid()}"
         return TempMessage(self.tmp / base, base)
 
-    def commit(self, temp: TempMessage, envelope: Envelope) -> str:
-        """Make `temp` the queue entry `envelope.id`. The commit point; see the module doc."""
+    def commit(self, temp: TempMessage, envelope: Envelope, announce: bool = True) -> str:
+        """Make `temp` the queue entry `envelope.id`. The commit point; see the module
+        doc. With announce=False the runner is told later, by `announce`."""
         try:
             temp.finish()
             temp.close()
@@ -139,16 +159,23 @@ class Spool:
             self.syncer.sync(self.entries_dir)
         except BaseException:
             temp.discard()
-            _unlink_quietly(self.message_path(envelope.id))
-            _unlink_quietly(self.envelope_path(envelope.id))
+            unlink_quietly(self.message_path(envelope.id))
+            unlink_quietly(self.envelope_path(envelope.id))
             raise
-        if self.notify is not None:
-            self.notify(envelope.id)
-        else:
-            self.poke()
+        if announce:
+            self.announce(envelope.id)
         return envelope.id
 
-    def enqueue_copy(self, source: Path, skip: int, envelope: Envelope) -> str:
+    def announce(self, queue_id: str) -> None:
+        """Tell the queue runner of a new entry: directly in this process, else
+        through the wake file."""
+        if self.notify is not None:
+            self.notify(queue_id)
+        else:
+            self.poke()
+
+    def enqueue_copy(self, source: Path, skip: int, envelope: Envelope,
+                     announce: bool = True) -> str:
         """Queue a copy of `source` from byte `skip` on (the local copy's Return-Path
         is not part of what goes out)."""
         temp = self.begin()
@@ -160,7 +187,7 @@ class Spool:
         except BaseException:
             temp.discard()
             raise
-        return self.commit(temp, envelope)
+        return self.commit(temp, envelope, announce)
 
     def poke(self) -> None:
         """Tell a queue runner (maybe in another process) to look now."""
@@ -184,16 +211,32 @@ class Spool:
         return sorted(name[:-4] for name in os.listdir(self.entries_dir) if name.endswith(".env"))
 
     def load(self, queue_id: str) -> Envelope:
+        """The entry's envelope; FileNotFoundError when gone, ValueError when unreadable."""
         return Envelope.from_json(self.envelope_path(queue_id).read_bytes())
 
     def entries(self) -> list[Envelope]:
+        """Every readable entry. One that cannot be read is moved to queue/bad/
+        (and said so on the log) instead of stopping the whole queue."""
         found = []
         for queue_id in self.ids():
             try:
                 found.append(self.load(queue_id))
             except FileNotFoundError:
                 continue            # delivered or removed while we looked
+            except ValueError as error:
+                self.quarantine(queue_id, str(error))
         return found
+
+    def quarantine(self, queue_id: str, reason: str) -> None:
+        bad = self.root / "bad"
+        bad.mkdir(mode=0o700, exist_ok=True)
+        for path in (self.envelope_path(queue_id), self.message_path(queue_id)):
+            try:
+                os.rename(path, bad / path.name)
+            except FileNotFoundError:
+                pass
+        EventLog("queue").error("quarantined", msg=queue_id, reason=reason,
+                                moved_to=str(bad))
 
     def save(self, envelope: Envelope) -> None:
         """Replace the envelope atomically (write, fsync, rename, fsync dir)."""
@@ -201,8 +244,8 @@ class Spool:
 
     def remove(self, queue_id: str) -> None:
         """Delete an entry: the envelope first, so it stops existing at once."""
-        _unlink_quietly(self.envelope_path(queue_id))
-        _unlink_quietly(self.message_path(queue_id))
+        unlink_quietly(self.envelope_path(queue_id))
+        unlink_quietly(self.message_path(queue_id))
         self.syncer.sync(self.entries_dir)
 
     @contextmanager
@@ -230,12 +273,13 @@ class Spool:
         limit = time.time() - min_age
         for entry in os.scandir(self.tmp):
             if _older(entry, limit):
-                removed += _unlink_quietly(entry.path)
-        envelopes = {name[:-4] for name in os.listdir(self.entries_dir) if name.endswith(".env")}
+                removed += unlink_quietly(entry.path)
+        names = set(os.listdir(self.entries_dir))
         for entry in os.scandir(self.entries_dir):
-            if entry.name.endswith(".msg") and entry.name[:-4] not in envelopes \
-                    and _older(entry, limit):
-                removed += _unlink_quietly(entry.path)
+            stem, dot, kind = entry.name.rpartition(".")
+            partner = f"{stem}.env" if kind == "msg" else f"{stem}.msg"
+            if kind in ("msg", "env") and partner not in names and _older(entry, limit):
+                removed += unlink_quietly(entry.path)
         return removed
 
 
@@ -246,9 +290,3 @@ def _older(entry: os.DirEntry, limit: float) -> bool:
         return False
 
 
-def _unlink_quietly(path) -> int:
-    try:
-        os.unlink(path)
-        return 1
-    except FileNotFoundError:
-        return 0

@@ -83,7 +83,7 @@ class CrlfCounter:
 
 # ---------------------------------------------------------------- reading from a socket
 
-RECV_SIZE = 1 << 16
+RECV_SIZE = 256 * 1024      # big reads: DATA is decoded a chunk at a time, not line by line
 
 
 class LineTooLong(Exception):
@@ -102,10 +102,9 @@ class LineReader:
     def __init__(self, sock, recv_size: int = RECV_SIZE, wait=None):
         self.sock = sock
         self._buf = bytearray()
-        # recv_into one reused buffer: a fresh 256 KB bytes object per recv() would
-        # cost an mmap and munmap every time.
+        # recv_into one reused buffer: a fresh bytes object of RECV_SIZE per recv()
+        # would cost an mmap and munmap every time.
         self._scratch = memoryview(bytearray(recv_size))
-        self.eof = False
         # wait(first) is called before each read and whenever a read comes back
         # empty-handed (a socket with a receive timeout): it may raise to end
         # the wait (timeout, shutdown).
@@ -123,7 +122,6 @@ class LineReader:
             except BlockingIOError:          # the socket's receive timeout: ask again
                 continue
             if not count:
-                self.eof = True
                 return None
             return self._scratch[:count]
 

@@ -85,6 +85,7 @@ class ServerProcess:
     process: subprocess.Popen | None = None
     ports: dict[str, int] = field(default_factory=dict)
     stdout_lines: list[str] = field(default_factory=list)
+    stderr_lines: list[str] = field(default_factory=list)
     python: str = sys.executable       # the interpreter to run the server with
     extra_args: tuple[str, ...] = ()   # after `serve`
 
@@ -134,13 +135,20 @@ class ServerProcess:
             if match:
                 kind, port = match.group(1), int(match.group(3))
                 self.ports.setdefault(kind, port)
-        threading.Thread(target=self._drain, daemon=True).start()
+        threading.Thread(target=self._drain, args=(self.process.stdout, self.stdout_lines),
+                         daemon=True).start()
+        threading.Thread(target=self._drain, args=(self.process.stderr, self.stderr_lines),
+                         daemon=True).start()
         return self
 
-    def _drain(self) -> None:
-        process = self.process
-        for line in process.stdout:
-            self.stdout_lines.append(line.rstrip("\n"))
+    @staticmethod
+    def _drain(stream, lines: list[str]) -> None:
+        """Read a pipe to its end (a full pipe would block the server)."""
+        try:
+            for line in stream:
+                lines.append(line.rstrip("\n"))
+        except (OSError, ValueError):
+            pass
 
     def _listener_count(self) -> int:
         count, in_listen = 0, False

@@ -215,3 +215,29 @@ def test_unusable_certificate_is_a_config_error(tmp_path, certificate):
     result = run("-c", str(path), "check")
     assert result.returncode == 2 and "[tls] key: " in result.stderr
     assert "does not belong" in result.stderr
+
+
+def test_queue_remove_refuses_what_is_not_a_queue_id(tmp_path):
+    path = tmp_path / "q.ini"
+    path.write_text(ini(BASE_INI))
+    victim = tmp_path / "victim.env"
+    victim.write_text("must survive")
+    result = run("-c", str(path), "queue", "remove", "../../victim")
+    assert result.returncode == 2 and "not a queue id" in result.stderr
+    assert victim.exists()
+
+
+def test_sendmail_without_recipients_is_bad_usage(tmp_path):
+    path = tmp_path / "s.ini"
+    path.write_text(ini(BASE_INI))
+    result = run("-c", str(path), "sendmail", "-i", stdin="Subject: x\n\nbody\n")
+    assert result.returncode == 2 and "no recipients" in result.stderr
+
+
+def test_gencert_works_before_the_files_it_makes_exist(tmp_path):
+    path = tmp_path / "g.ini"
+    path.write_text(ini(BASE_INI + "\n[tls]\ncert = tls/cert.pem\nkey = tls/key.pem\n"))
+    assert run("-c", str(path), "check").returncode == 2          # the files are missing
+    made = run("-c", str(path), "gencert")
+    assert made.returncode == 0, made.stderr
+    assert run("-c", str(path), "check").returncode == 0

@@ -62,10 +62,17 @@ def public_folder():
 def test_started_as_root_it_runs_as_the_mail_user_and_still_delivers(public_folder):
     assert os.path.exists(SYSTEM_PYTHON)
     nobody = pwd.getpwnam("nobody")
+    # as the README says: the log's folder belongs to the mail user, who opens it
+    logs = public_folder / "logs"
+    logs.mkdir()
+    os.chown(logs, nobody.pw_uid, nobody.pw_gid)
+    # a data_dir that root made earlier, with queue/ and mail/ still root's
+    (public_folder / "data" / "queue" / "entries").mkdir(parents=True)
+    (public_folder / "data" / "mail" / "alice" / "new").mkdir(parents=True)
     ini = public_folder / "server.ini"
-    ini.write_text(config_text(public_folder, listen={"smtp": "127.0.0.1:0", "pop3": "127.0.0.1:0"},
-                               extra="").replace("log_level = debug",
-                                                 "log_level = debug\nuser = nobody"))
+    ini.write_text(config_text(public_folder, listen={"smtp": "127.0.0.1:0", "pop3": "127.0.0.1:0"})
+                   .replace("log_level = debug", "log_level = debug\nuser = nobody")
+                   .replace(f"log = {public_folder / 'server.log'}", f"log = {logs / 'server.log'}"))
     ini.chmod(0o644)
     server = ServerProcess(folder=public_folder, ini=ini, python=SYSTEM_PYTHON)
     server.start()
@@ -79,13 +86,15 @@ def test_started_as_root_it_runs_as_the_mail_user_and_still_delivers(public_fold
         assert wait_until(lambda: len(server.messages("alice")) == 1)
         stored = next(server.maildir("alice").iterdir())
         assert stored.stat().st_uid == nobody.pw_uid
-        assert server.data.stat().st_uid == nobody.pw_uid
+        for folder in (server.data, server.data / "queue" / "entries",
+                       server.data / "mail" / "alice" / "new"):
+            assert folder.stat().st_uid == nobody.pw_uid, folder
         pop = poplib.POP3("127.0.0.1", server.port("pop3"), timeout=20)
         pop.user("alice")
         pop.pass_(PASSWORD)
         assert pop.stat()[0] == 1
         pop.quit()
-        assert "user=nobody" in server.wait_for_log("event=started")
+        assert wait_until(lambda: "user=nobody" in (logs / "server.log").read_text())
     finally:
         assert server.stop() == 0
 
@@ -423,3 +432,51 @@ def test_gencert_makes_a_usable_certificate(tmp_path):
     ini.chmod(0o600)
     assert run_cli("-c", str(ini), "check").returncode == 0
     assert check_warnings(ini) == []
+
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the privilege drop needs the tests to run as root")
+def test_a_log_the_mail_user_cannot_open_stops_the_start_with_one_line(public_folder):
+    ini = public_folder / "server.ini"
+    ini.write_text(config_text(public_folder).replace("log_level = debug",
+                                                      "log_level = debug\nuser = nobody"))
+    ini.chmod(0o644)
+    result = subprocess.run([SYSTEM_PYTHON, str(SCRIPT), "-c", str(ini), "serve"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("serve: [server] log: cannot open")
+    assert "Traceback" not in result.stderr
+
+
+def test_reload_to_a_log_that_cannot_be_opened_keeps_serving(servers):
+    server = servers()
+    blocked = server.folder / "not-a-folder"
+    blocked.write_text("a file where the log folder should be")
+    server.ini.write_text(server.ini.read_text().replace(
+        f"log = {server.log_path}", f"log = {blocked / 'server.log'}"))
+    server.send_signal(signal.SIGHUP)
+    log = server.wait_for_log("event=reload_failed")
+    assert 'key="[server] log"' in log
+    send(server.port("smtp"), "alice@example.org", "still logging")
+    assert wait_until(lambda: len(server.messages("alice")) == 1)
+    server.wait_for_log("event=accepted")
+    assert server.process.poll() is None
+
+
+def test_log_lines_survive_a_log_file_that_cannot_be_reopened(servers):
+    server = servers(log_level="info")
+    send(server.port("smtp"), "alice@example.org", "before")
+    server.wait_for_log("event=accepted")
+    server.log_path.rename(server.log_path.with_suffix(".old"))
+    server.log_path.mkdir()                        # logrotate "left" a directory there
+    send(server.port("smtp"), "alice@example.org", "after")
+    assert wait_until(lambda: len(server.messages("alice")) == 2)
+    time.sleep(0.5)
+    server.log_path.rmdir()
+    send(server.port("smtp"), "alice@example.org", "later")
+    assert wait_until(lambda: server.log_path.is_file() and
+                      "event=accepted" in server.log_path.read_text())
+    assert server.stop() == 0
+    stderr = "\n".join(server.stderr_lines)
+    assert "cannot write the log" in stderr
+    assert "event=accepted" in stderr              # the line that found no file went here

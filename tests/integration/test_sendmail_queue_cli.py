@@ -125,10 +125,12 @@ def test_queue_remove_while_serving_means_never_delivered(lab):
 
 def test_queue_remove_of_an_unknown_id_fails(lab):
     server, _ = lab
-    result = cli(server, "queue", "remove", "0000DEADBEEF0")
+    result = cli(server, "queue", "remove", "0000DEADBEEF0000")
     assert result.returncode == 1
     assert result.stdout == ""
-    assert result.stderr.strip() == "queue remove: no entry 0000DEADBEEF0 (see: queue list)"
+    assert result.stderr.strip() == "queue remove: no entry 0000DEADBEEF0000 (see: queue list)"
+    result = cli(server, "queue", "remove", "../../0000DEADBEEF")        # not an id at all
+    assert result.returncode == 2 and "not a queue id" in result.stderr
     result = cli(server, "queue", "remove")
     assert result.returncode == 2 and "which entry" in result.stderr
     assert "Traceback" not in result.stderr
@@ -258,7 +260,7 @@ def test_sendmail_unknown_local_recipient_delivers_nothing(lab):
 def test_sendmail_without_recipients_or_with_bad_options(lab):
     server, _ = lab
     result = sendmail(server, stdin=b"Subject: x\n\nx\n")
-    assert result.returncode == 1 and "no recipients" in result.stderr
+    assert result.returncode == 2 and "no recipients" in result.stderr      # bad usage
     result = sendmail(server, "-X", ALICE, stdin=b"Subject: x\n\nx\n")
     assert result.returncode == 2 and "unknown option -X" in result.stderr
     result = sendmail(server, "not an address", stdin=b"Subject: x\n\nx\n")

@@ -240,7 +240,7 @@ def test_mail_parameters_accepted(make):
     send(session, "EHLO x")
     reply = reply_of(session, "MAIL FROM:<a@example.com> SIZE=100 BODY=8BITMIME AUTH=<>")
     assert reply == replies.SENDER_OK
-    assert session.transaction.declared_size == 100
+    assert session.state is State.MAIL
 
 
 def test_null_sender_and_lenient_forms(make):
@@ -601,3 +601,43 @@ def test_non_ascii_digits_are_not_sizes(make):
     session = make()
     send(session, "EHLO x")
     assert reply_of(session, "MAIL FROM:<a@example.com> SIZE=²").code == 501
+
+
+def test_refused_recipients_count_towards_the_error_limit(make):
+    session = make()
+    send(session, "EHLO x", "MAIL FROM:<a@example.com>")
+    for number in range(20):
+        assert reply_of(session, f"RCPT TO:<nobody{number}@example.org>") == replies.NO_SUCH_USER
+    step = session.feed_line(b"RCPT TO:<nobody@example.org>\r\n")
+    assert [r.code for r in step.replies] == [550, 421] and step.action is Action.CLOSE
+
+
+def test_queued_copy_is_announced_only_after_the_local_copies(make, monkeypatch):
+    session = make(ip="10.0.0.1")
+    spool = session.services.spool
+    announced = []
+    spool.notify = announced.append
+    start_data(session, "alice@example.org", "friend@gmail.example")
+    real_commit = session.services.store.commit
+
+    def commit_then_check(temp, mailboxes):
+        assert announced == []                    # not before the Maildir commit
+        return real_commit(temp, mailboxes)
+    monkeypatch.setattr(session.services.store, "commit", commit_then_check)
+    step = data(session, b"x\r\n.\r\n", chunk=100)
+    assert step.replies[0].code == 250 and len(announced) == 1
+
+
+def test_a_failed_local_commit_takes_the_queued_copy_back(make, monkeypatch):
+    session = make(ip="10.0.0.1")
+    spool = session.services.spool
+    announced = []
+    spool.notify = announced.append
+    start_data(session, "alice@example.org", "friend@gmail.example")
+
+    def broken(temp, mailboxes):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(session.services.store, "commit", broken)
+    step = data(session, b"x\r\n.\r\n", chunk=100)
+    assert step.replies == [replies.LOCAL_ERROR]
+    assert spool.ids() == [] and announced == []

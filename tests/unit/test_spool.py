@@ -104,3 +104,39 @@ def test_next_attempt_is_the_earliest_pending(spool):
     assert env.next_attempt == 20
     env.recipients[1].state = "delivered"
     assert env.next_attempt == 50
+
+
+def test_queue_ids_are_checked(spool):
+    for bad in ("../../etc/passwd", "/tmp/x", "1A2B", "1a2283ccf0824984", ""):
+        with pytest.raises(ValueError):
+            spool.message_path(bad)
+        with pytest.raises(ValueError):
+            spool.envelope_path(bad)
+    assert spool.message_path("1A2283CCF0824984").parent == spool.entries_dir
+
+
+def test_an_unreadable_envelope_is_quarantined_not_fatal(spool):
+    good = enqueue(spool)
+    bad = enqueue(spool)
+    spool.envelope_path(bad.id).write_bytes(b"{not json")
+    assert [e.id for e in spool.entries()] == [good.id]
+    assert sorted(os.listdir(spool.root / "bad")) == [f"{bad.id}.env", f"{bad.id}.msg"]
+    assert spool.ids() == [good.id]
+
+
+def test_unknown_envelope_keys_are_ignored(spool):
+    env = enqueue(spool)
+    data = env.to_json().replace(b'"sender"', b'"from_a_newer_version": 1, "sender"')
+    data = data.replace(b'"state"', b'"colour": "blue", "state"', 1)
+    spool.envelope_path(env.id).write_bytes(data)
+    assert spool.load(env.id).sender == env.sender
+
+
+def test_half_entries_left_by_a_crash_are_cleaned(spool):
+    env = enqueue(spool)
+    lonely = new_id()
+    (spool.entries_dir / f"{lonely}.env").write_bytes(env.to_json())
+    old = time.time() - 7200
+    os.utime(spool.entries_dir / f"{lonely}.env", (old, old))
+    assert spool.clean_orphans() == 1
+    assert spool.ids() == [env.id]
