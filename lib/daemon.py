@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import faulthandler
 import logging
 import logging.handlers
 import os
@@ -245,6 +246,8 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_reload_signal)
+        # `kill -USR1 <pid>`: every thread's stack on stderr, for a server that seems stuck
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         servers = self.bind()                  # ports below 1024 need root
         self._write_pid_file()
         make_data_dir(self.runtime.config)

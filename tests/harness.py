@@ -176,6 +176,11 @@ class ServerProcess:
             try:
                 process.wait(STOP_TIMEOUT)
             except subprocess.TimeoutExpired:
+                # Stuck: have it print every thread's stack (faulthandler, SIGUSR1)
+                # into the test's output before it is killed.
+                process.send_signal(signal.SIGUSR1)
+                time.sleep(1.0)
+                print("server did not stop; its threads:\n" + "\n".join(self.stderr_lines[-200:]))
                 process.kill()
                 process.wait(10)
         for stream in (process.stdout, process.stderr):
