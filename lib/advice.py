@@ -23,6 +23,7 @@ def warnings(config: Config) -> list[str]:
     found += _certificate(config)
     found += _clear_text_logins(config)
     found += _data_dir(config)
+    found += _log_file(config)
     found += _dns_library(config)
     return found
 
@@ -115,6 +116,24 @@ def _data_dir(config: Config) -> list[str]:
                 f"root hands it over (chown -R), otherwise run: chown -R {name} {folder}"]
     return [f"[server] data_dir: {config.server.data_dir} does not exist and {folder} is not "
             f"writable by {name}; serve started as root creates it"]
+
+
+def _log_file(config: Config) -> list[str]:
+    """The log file is opened after the switch to [server] user."""
+    name, target = config.server.user, config.server.log
+    if not name or target in ("stderr", "syslog"):
+        return []
+    try:
+        account = pwd.getpwnam(name)
+    except KeyError:
+        return []                          # _data_dir reports the missing user
+    path = Path(target)
+    writable = _writable_by(path, account) if path.exists() else \
+        path.parent.is_dir() and _writable_by(path.parent, account)
+    if writable:
+        return []
+    return [f"[server] log: {name} cannot write {target} (the server opens it after switching "
+            f"to {name}); it would log to stderr instead. Use syslog, or a folder {name} owns"]
 
 
 def _writable_by(folder: Path, account: pwd.struct_passwd) -> bool:

@@ -130,9 +130,9 @@ class ReopeningFileHandler(logging.handlers.WatchedFileHandler):
         super().reopenIfNeeded()
 
 
-def open_log_handler(config: Config) -> logging.Handler:
-    """The handler for [server] log; raises OSError when it cannot be opened."""
-    target = config.server.log
+def open_log_handler(config: Config, target: str | None = None) -> logging.Handler:
+    """The handler for [server] log (or `target`); raises OSError when it cannot be opened."""
+    target = target or config.server.log
     if target == "stderr":
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(LineFormatter())
@@ -149,13 +149,13 @@ def open_log_handler(config: Config) -> logging.Handler:
     return handler
 
 
-def configure_logging(config: Config) -> None:
+def configure_logging(config: Config, target: str | None = None) -> None:
     """Send the log to [server] log. Sessions only put records on a queue; one
     thread does the writing, so a slow disk or syslog never stalls a client.
     The new target is opened before the old one is let go: when it cannot be
     opened (OSError), the old logging stays as it was."""
     global _listener
-    handler = open_log_handler(config)
+    handler = open_log_handler(config, target)
     stop_logging()
     logger = logging.getLogger(LOGGER_NAME)
     for old in list(logger.handlers):
@@ -255,8 +255,11 @@ class Daemon:
         try:
             configure_logging(self.runtime.config)  # opened as the mail user
         except OSError as error:
-            raise StartError(f"[server] log: cannot open {self.runtime.config.server.log}: "
-                             f"{error.strerror or error}") from None
+            # Mail matters more than the log: serve on, logging to stderr.
+            configure_logging(self.runtime.config, target="stderr")
+            self.log.error("log_unavailable", key="[server] log",
+                           error=f"cannot open {self.runtime.config.server.log}: "
+                                 f"{error.strerror or error}", using="stderr")
         if os.geteuid() == 0:
             self.log.warning("running_as_root", reason="[server] user is not set")
         self.prepare_storage()

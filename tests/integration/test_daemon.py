@@ -436,16 +436,21 @@ def test_gencert_makes_a_usable_certificate(tmp_path):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the privilege drop needs the tests to run as root")
-def test_a_log_the_mail_user_cannot_open_stops_the_start_with_one_line(public_folder):
+def test_a_log_the_mail_user_cannot_open_falls_back_to_stderr(public_folder):
     ini = public_folder / "server.ini"
     ini.write_text(config_text(public_folder).replace("log_level = debug",
                                                       "log_level = debug\nuser = nobody"))
     ini.chmod(0o644)
-    result = subprocess.run([SYSTEM_PYTHON, str(SCRIPT), "-c", str(ini), "serve"],
-                            capture_output=True, text=True, timeout=30)
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1].startswith("serve: [server] log: cannot open")
-    assert "Traceback" not in result.stderr
+    server = ServerProcess(folder=public_folder, ini=ini, python=SYSTEM_PYTHON)
+    server.start()
+    try:
+        send(server.port("smtp"), "alice@example.org", "logged to stderr")
+        assert wait_until(lambda: len(server.messages("alice")) == 1)
+        assert wait_until(lambda: any("event=accepted" in line for line in server.stderr_lines))
+        warning = next(line for line in server.stderr_lines if "event=log_unavailable" in line)
+        assert 'key="[server] log"' in warning and "Permission denied" in warning
+    finally:
+        assert server.stop() == 0
 
 
 def test_reload_to_a_log_that_cannot_be_opened_keeps_serving(servers):
@@ -480,3 +485,11 @@ def test_log_lines_survive_a_log_file_that_cannot_be_reopened(servers):
     stderr = "\n".join(server.stderr_lines)
     assert "cannot write the log" in stderr
     assert "event=accepted" in stderr              # the line that found no file went here
+
+
+def test_check_warns_when_the_mail_user_cannot_write_the_log(tmp_path):
+    ini = tmp_path / "server.ini"
+    ini.write_text(config_text(tmp_path).replace("log_level = debug",
+                                                 "log_level = debug\nuser = nobody"))
+    ini.chmod(0o600)
+    assert any("[server] log: nobody cannot write" in w for w in check_warnings(ini))
