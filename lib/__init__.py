@@ -3,7 +3,7 @@
 One module per concern; each opens with a line saying what it owns, and
 imports only modules listed above it here, so dependencies flow one way:
 
-    replies, errors, logfmt          reply constants, typed exceptions, log lines
+    replies, errors, logfmt, logsink reply constants, typed exceptions, log lines and their writer
     wire, durable                    bytes on the wire; fsync primitives
     addresses, passwords             RFC 5321 addresses; hashes and SASL
     config, router                   the INI file; address resolution

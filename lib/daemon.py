@@ -1,182 +1,32 @@
-"""The process: logging, binding every listener, running until a signal, and
-stopping cleanly (stop accepting, let sessions finish, close the rest)."""
+"""The process: binding every listener, switching user, running until a signal,
+reloading, and stopping cleanly (stop accepting, let sessions finish, close the rest)."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import faulthandler
-import logging
-import logging.handlers
 import os
 import pwd
-import queue
 import signal
-import sys
 import threading
 import time
 from pathlib import Path
 
+from . import logsink
 from .config import Config
 from .delivery import QueueRunner
-from .listeners import MailServer, SessionHandler
-from .logfmt import LOGGER_NAME, EventLog, LineFormatter
 from .durable import replace_durably
+from .listeners import MailServer, SessionHandler
+from .logfmt import EventLog
 from .errors import ConfigError
 from .services import Runtime, Services, load_runtime
 
 FORCED_CLOSE_WAIT = 5.0      # after the grace period: time for handlers to say 421 and go
-LOG_DRAIN_SECONDS = 0.05     # log lines reach the file at most this late
 
 
 class StartError(Exception):
     """The server cannot start (a port in use, a folder it cannot create)."""
-
-
-_listener: logging.handlers.QueueListener | None = None
-
-# Every record would otherwise look up the process id and thread name; the
-# key=value line carries its own ids.
-logging.logProcesses = False
-logging.logThreads = False
-logging.logMultiprocessing = False
-
-
-class FastQueueHandler(logging.handlers.QueueHandler):
-    """Our records carry a finished message and no arguments: queue them as they
-    are. The stock prepare() copies and re-formats every record."""
-
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        if record.args or record.exc_info:
-            return super().prepare(record)
-        return record
-
-
-class BatchingListener(logging.handlers.QueueListener):
-    """Writes whatever has queued up in one go: one write and one flush per
-    burst of records, not per record."""
-
-    def _monitor(self) -> None:
-        # Sleep and drain rather than block in get(): a thread blocked in get()
-        # would have to be woken (a futex call and a context switch) for every
-        # record a session puts on the queue.
-        records = self.queue
-        while True:
-            batch = []
-            try:
-                while len(batch) < 4096:
-                    batch.append(records.get_nowait())
-            except queue.Empty:
-                pass
-            stop = any(item is self._sentinel for item in batch)
-            batch = [item for item in batch if item is not self._sentinel]
-            for handler in self.handlers:
-                _emit_batch(handler, batch)
-            if stop:
-                return
-            if len(batch) < 4096:
-                time.sleep(LOG_DRAIN_SECONDS)
-
-
-def _emit_batch(handler: logging.Handler, batch: list[logging.LogRecord]) -> None:
-    """Write a batch; never raise, so the log thread (and its queue) never stops."""
-    if not batch:
-        return
-    if isinstance(handler, logging.StreamHandler) and not \
-            isinstance(handler, logging.handlers.SysLogHandler):
-        try:
-            if isinstance(handler, ReopeningFileHandler):
-                handler.reopenIfNeeded()      # logrotate moved the file away
-            text = "".join(handler.format(record) + handler.terminator for record in batch)
-            with handler.lock:
-                handler.stream.write(text)
-                handler.flush()
-            return
-        except (OSError, AttributeError) as error:
-            _log_trouble(f"cannot write the log ({error}); these lines go to stderr:", batch)
-            return
-        except Exception:
-            pass                  # write them one by one, so one bad line costs only itself
-    for record in batch:
-        handler.handle(record)
-
-
-_trouble_reported = 0.0
-
-
-def _log_trouble(note: str, batch: list[logging.LogRecord]) -> None:
-    """The log target failed: the lines go to stderr (systemd's journal) instead."""
-    global _trouble_reported
-    formatter = LineFormatter()
-    try:
-        if time.monotonic() - _trouble_reported > 60:
-            _trouble_reported = time.monotonic()
-            sys.stderr.write(f"mailbox_appliance: {note}\n")
-        sys.stderr.write("".join(formatter.format(record) + "\n" for record in batch))
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
-
-
-class ReopeningFileHandler(logging.handlers.WatchedFileHandler):
-    """Reopens the file when logrotate moves it away (WatchedFileHandler), and
-    keeps trying after a reopen failed: the stock one gives up for good then."""
-
-    def reopenIfNeeded(self) -> None:
-        if self.stream is None:
-            self.stream = self._open()          # raises again while it cannot
-            self._statstream()
-            return
-        super().reopenIfNeeded()
-
-
-def open_log_handler(config: Config, target: str | None = None) -> logging.Handler:
-    """The handler for [server] log (or `target`); raises OSError when it cannot be opened."""
-    target = target or config.server.log
-    if target == "stderr":
-        handler: logging.Handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(LineFormatter())
-    elif target == "syslog":
-        address = "/dev/log" if os.path.exists("/dev/log") else ("localhost", 514)
-        handler = logging.handlers.SysLogHandler(
-            address=address, facility=logging.handlers.SysLogHandler.LOG_MAIL)
-        handler.setFormatter(LineFormatter(with_time=False))
-        handler.ident = "mailbox_appliance: "
-    else:
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
-        handler = ReopeningFileHandler(target, encoding="utf-8", errors="backslashreplace")
-        handler.setFormatter(LineFormatter())
-    return handler
-
-
-def configure_logging(config: Config, target: str | None = None) -> None:
-    """Send the log to [server] log. Sessions only put records on a queue; one
-    thread does the writing, so a slow disk or syslog never stalls a client.
-    The new target is opened before the old one is let go: when it cannot be
-    opened (OSError), the old logging stays as it was."""
-    global _listener
-    handler = open_log_handler(config, target)
-    stop_logging()
-    logger = logging.getLogger(LOGGER_NAME)
-    for old in list(logger.handlers):
-        logger.removeHandler(old)
-        old.close()
-    records: queue.SimpleQueue = queue.SimpleQueue()
-    _listener = BatchingListener(records, handler)
-    _listener.start()
-    logger.addHandler(FastQueueHandler(records))
-    logger.setLevel(config.server.log_level.upper())
-    logger.propagate = False
-
-
-def stop_logging() -> None:
-    """Write out every queued record (at exit, and before re-configuring)."""
-    global _listener
-    if _listener is not None:
-        _listener.stop()
-        for handler in _listener.handlers:
-            handler.close()
-        _listener = None
 
 
 class Daemon:
@@ -252,11 +102,12 @@ class Daemon:
         self._write_pid_file()
         make_data_dir(self.runtime.config)
         drop_privileges(self.runtime.config, self.log)
+        server = self.runtime.config.server
         try:
-            configure_logging(self.runtime.config)  # opened as the mail user
+            logsink.configure(server.log, server.log_level)  # opened as the mail user
         except OSError as error:
             # Mail matters more than the log: serve on, logging to stderr.
-            configure_logging(self.runtime.config, target="stderr")
+            logsink.configure("stderr", server.log_level)
             self.log.error("log_unavailable", key="[server] log",
                            error=f"cannot open {self.runtime.config.server.log}: "
                                  f"{error.strerror or error}", using="stderr")
@@ -302,14 +153,14 @@ class Daemon:
         if runtime.config.server.log != old.config.server.log or \
                 runtime.config.server.log_level != old.config.server.log_level:
             try:
-                configure_logging(runtime.config)
+                logsink.configure(runtime.config.server.log, runtime.config.server.log_level)
             except OSError as error:
                 self.log.error("reload_failed", key="[server] log",
                                error=f"cannot open {runtime.config.server.log}: {error}",
                                kept="the running config")
                 return False
         else:
-            reopen_logs()
+            logsink.reopen()
         wanted = set(runtime.config.listen.listeners())
         self.runtime = runtime                       # one assignment: atomic for readers
         for key in [key for key in self._servers if key not in wanted]:
@@ -448,18 +299,6 @@ def _user_name() -> str:
         return str(os.geteuid())
 
 
-def reopen_logs() -> None:
-    """After logrotate: the file handler opens the new file (it also notices by itself)."""
-    if _listener is not None:
-        for handler in _listener.handlers:
-            if isinstance(handler, ReopeningFileHandler):
-                try:
-                    with handler.lock:
-                        handler.reopenIfNeeded()
-                except OSError:
-                    pass                     # reported by the log thread when it writes
-
-
 def limit_malloc_arenas(arenas: int = 2) -> None:
     """glibc gives each thread its own malloc arena; with a thread per connection
     that multiplies the memory a busy server keeps. Two arenas are plenty here."""
@@ -476,5 +315,5 @@ def serve(config_path: Path, runtime: Runtime, pid_file: Path | None = None) -> 
     try:
         return Daemon(config_path, runtime, pid_file).run()
     finally:
-        stop_logging()
+        logsink.stop()
 
