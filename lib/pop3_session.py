@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import enum
 import io
-import secrets
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -54,16 +53,9 @@ class Pop3Session(SessionBasics):
 
     def __init__(self, runtime: Runtime, services: Services, client: ClientInfo,
                  log: EventLog | None = None, session_id: str | None = None):
-        self.runtime = runtime
-        self.config = runtime.config
-        self.router = runtime.router
-        self.services = services
+        super().__init__(runtime, services, client, log, session_id)
         self.store = services.store
-        self.client = client
-        self.id = session_id or secrets.token_hex(4)
-        self.log = (log or EventLog("pop3")).bind(session=self.id)
         self.state = State.AUTHORIZATION
-        self.tls: TlsInfo | None = client.tls
         self.user_name: str | None = None          # from USER, until PASS
         self.mailbox: str | None = None
         self.messages: list[StoredMessage] = []

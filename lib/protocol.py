@@ -4,10 +4,12 @@ who the client is, and the Step a command produces."""
 from __future__ import annotations
 
 import enum
+import secrets
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple
 
 from . import policy
+from .logfmt import EventLog
 from .tls import TlsInfo
 
 
@@ -26,8 +28,21 @@ class Action(enum.Enum):
 
 
 class SessionBasics:
-    """What the SMTP and POP3 engines share. A subclass sets runtime, config,
-    client, tls (TlsInfo or None) and log."""
+    """What the SMTP and POP3 engines share: who the client is, the config the
+    session started with, its id and log, and the TLS and password rules."""
+
+    component = "session"          # the log's comp=, set by each engine
+
+    def __init__(self, runtime, services, client: ClientInfo, log: EventLog | None = None,
+                 session_id: str | None = None):
+        self.runtime = runtime           # kept for the whole session, whatever a reload does
+        self.config = runtime.config
+        self.router = runtime.router
+        self.services = services
+        self.client = client
+        self.tls: TlsInfo | None = client.tls
+        self.id = session_id or secrets.token_hex(4)
+        self.log = (log or EventLog(self.component)).bind(session=self.id)
 
     @property
     def tls_offered(self) -> bool:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import email.utils
 import enum
 import re
-import secrets
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -81,17 +80,10 @@ class SmtpSession(SessionBasics):
 
     def __init__(self, runtime: Runtime, services: Services, client: ClientInfo,
                  log: EventLog | None = None, session_id: str | None = None):
-        self.runtime = runtime
-        self.config = runtime.config
-        self.router = runtime.router
-        self.services = services
-        self.client = client
-        self.id = session_id or secrets.token_hex(4)
-        self.log = (log or EventLog("smtp")).bind(session=self.id)
+        super().__init__(runtime, services, client, log, session_id)
         self.state = State.CONNECTED
         self.helo: str | None = None
         self.esmtp = False
-        self.tls: TlsInfo | None = client.tls
         self.user: str | None = None                # the mailbox logged in as
         self.trusted = policy.is_trusted(self.config, client.ip)
         self.transaction: Transaction | None = None
