@@ -43,6 +43,7 @@ SEND_CHUNK = 256 * 1024
 CACHE_IDLE_SECONDS = 5.0      # an idle cached connection is closed after this
 CACHE_MAX_USES = 100          # transactions per connection before a fresh one
 GAVE_UP = "gave up after"     # marks a recipient that expired rather than failed
+DSN_RETRY = 60.0              # seconds before trying again a bounce that could not be written
 
 
 @dataclass(frozen=True)
@@ -94,16 +95,12 @@ class HopFinder:
         return Hop(target.host, addresses, target.port, kind)
 
     def _dns(self):
+        """The resolver ([relay] nameservers, or the system's), made once."""
         if self._resolver is None:
-            try:
-                import dns.resolver
-            except ImportError:
-                raise TemporaryFailure("MX look-ups need the dnspython package "
-                                       "(apt install python3-dnspython)") from None
+            dns = _dnspython()
             nameservers = self.config.relay.nameservers
             resolver = dns.resolver.Resolver(configure=not nameservers)
             if nameservers:
-                import dns.nameserver
                 resolver.nameservers = [dns.nameserver.Do53Nameserver(ns.host, ns.port)
                                         for ns in nameservers]
             resolver.lifetime = 20.0
@@ -111,10 +108,10 @@ class HopFinder:
         return self._resolver
 
     def _query(self, name: str, rdtype: str):
-        """Answers, [] when the name has no such records; raises for the rest."""
+        """Answers, [] when the name has no such records; raises NXDOMAIN for a
+        name that does not exist and TemporaryFailure for the rest."""
         resolver = self._dns()
-        import dns.exception
-        import dns.resolver
+        dns = _dnspython()
         try:
             return list(resolver.resolve(name, rdtype, search=False))
         except dns.resolver.NXDOMAIN:
@@ -128,23 +125,19 @@ class HopFinder:
             raise TemporaryFailure(f"DNS look-up of {name} {rdtype} failed: {error}") from None
 
     def _addresses(self, name: str) -> tuple[str, ...]:
-        self._dns()
-        import dns.resolver
         found = []
         for rdtype in ("A", "AAAA"):
             try:
                 found += [record.address for record in self._query(name, rdtype)]
-            except dns.resolver.NXDOMAIN:
+            except _dnspython().resolver.NXDOMAIN:
                 return ()
         return tuple(found)
 
     def _mx_hops(self, domain: str) -> list[Hop]:
-        self._dns()                       # a clear TemporaryFailure when dnspython is missing
-        import dns.resolver
         port = self.config.relay.mx_port
         try:
             records = self._query(domain, "MX")
-        except dns.resolver.NXDOMAIN:
+        except _dnspython().resolver.NXDOMAIN:
             raise PermanentFailure(f"550 5.1.2 domain {domain} does not exist") from None
         if not records:                            # RFC 5321 5.1: the implicit MX
             addresses = self._addresses(domain)
@@ -169,6 +162,18 @@ class HopFinder:
         if not hops:
             raise TemporaryFailure(f"no address found for any MX host of {domain}")
         return hops
+
+
+def _dnspython():
+    """The dnspython package, or a TemporaryFailure that names it (DESIGN 1)."""
+    try:
+        import dns.exception
+        import dns.nameserver
+        import dns.resolver
+    except ImportError:
+        raise TemporaryFailure("MX look-ups need the dnspython package "
+                               "(apt install python3-dnspython)") from None
+    return dns
 
 
 # ---------------------------------------------------------------- one SMTP transaction
@@ -450,6 +455,7 @@ class QueueRunner:
         self._threads: list[threading.Thread] = []
         self._last_rescan = 0.0
         self._wake_mtime = 0.0
+        self._finder: HopFinder | None = None      # made again when a reload brings a config
 
     # ------------------------------------------------------------ control
 
@@ -568,22 +574,31 @@ class QueueRunner:
                 due = [r for r in envelope.pending if r.next_attempt <= time.time()]
                 if due:
                     self._deliver(runtime, envelope, due, cache)
-                    if envelope.pending or any(r.state == FAILED and not r.reported
-                                               for r in envelope.recipients):
-                        self.spool.save(envelope)   # finished entries go without a last save
-                self._report_failures(runtime, envelope)
+                reported = self._report_failures(runtime, envelope)
+                unreported = any(r.state == FAILED and not r.reported
+                                 for r in envelope.recipients)
+                if not envelope.pending and not unreported:
+                    self._finish(envelope)       # a finished entry goes without a last save
+                    return None
+                if due or reported or unreported:
+                    self.spool.save(envelope)
                 if envelope.pending:
                     return envelope.next_attempt
-                self._finish(envelope)
-                return None
+                return time.time() + DSN_RETRY     # only a bounce left to send
         except QueueBusy:
             return time.time() + 5.0           # `queue remove` or another process has it
         except FileNotFoundError:
             return None                        # removed meanwhile
 
+    def _hop_finder(self, config: Config) -> HopFinder:
+        finder = self._finder
+        if finder is None or finder.config is not config:
+            finder = self._finder = HopFinder(config)
+        return finder
+
     def _deliver(self, runtime: Runtime, envelope: Envelope, due: list[Recipient],
                  cache: ConnectionCache | None) -> None:
-        finder = HopFinder(runtime.config)
+        finder = self._hop_finder(runtime.config)
         groups: dict[str, list[Recipient]] = {}
         for recipient in due:
             domain = recipient.address.rpartition("@")[2].lower()
@@ -652,21 +667,27 @@ class QueueRunner:
                      next=_clock(recipient.next_attempt) if recipient.state == PENDING else None,
                      attempts=recipient.attempts)
 
-    def _report_failures(self, runtime: Runtime, envelope: Envelope) -> None:
+    def _report_failures(self, runtime: Runtime, envelope: Envelope) -> bool:
         """A DSN for recipients that failed since the last one: the sender hears
-        of a permanent failure now, not when the last retry of the others ends."""
+        of a permanent failure now, not when the last retry of the others ends.
+        True when recipients were reported; a DSN that could not be written
+        (disk full) leaves them to the next attempt."""
         failed = [r for r in envelope.recipients if r.state == FAILED and not r.reported]
         if not failed:
-            return
+            return False
         if envelope.sender:
-            send_dsn(runtime, self.app.services, envelope, failed,
-                     self.spool.message_path(envelope.id))
+            try:
+                send_dsn(runtime, self.app.services, envelope, failed,
+                         self.spool.message_path(envelope.id))
+            except Exception:
+                self.log.exception("bounce_failed", msg=envelope.id)
+                return False
         else:
             self.log.info("no_bounce", msg=envelope.id,
                           reason="null sender: a bounce is never bounced")
         for recipient in failed:
             recipient.reported = True
-        self.spool.save(envelope)
+        return True
 
     def _finish(self, envelope: Envelope) -> None:
         """Every recipient is delivered or reported: the entry goes."""

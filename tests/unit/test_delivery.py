@@ -29,3 +29,60 @@ def test_routes_and_literals_need_no_dns(load, monkeypatch):
     assert (hop.addresses, hop.port, hop.kind) == (("127.0.0.1",), 2525, "route")
     (hop,) = HopFinder(cfg).hops("[127.0.0.1]")
     assert (hop.addresses, hop.port) == (("127.0.0.1",), 2626)
+
+
+class App:
+    """What the queue runner needs from the daemon."""
+
+    def __init__(self, runtime, services):
+        self.runtime = runtime
+        self.services = services
+
+
+@pytest.fixture
+def runner(tmp_path):
+    from lib import delivery
+    from lib.services import Services, load_runtime
+    from ..support import ini
+    path = tmp_path / "d.ini"
+    path.write_text(ini(BASE_INI + "\n[routes]\nremote.example = 127.0.0.1:9\n"))
+    runtime = load_runtime(path)
+    return delivery.QueueRunner(App(runtime, Services.create(runtime.config)))
+
+
+def queue_one(runner, *recipients):
+    import time
+    from lib.spool import Envelope, Recipient, new_id
+    temp = runner.spool.begin()
+    temp.write(b"Subject: out\n\nbody\n")
+    envelope = Envelope(new_id(), "alice@example.org", [Recipient(r) for r in recipients],
+                        time.time())
+    return runner.spool.commit(temp, envelope, announce=False)
+
+
+def test_a_bounce_that_cannot_be_written_is_retried_without_delivering_again(runner,
+                                                                            monkeypatch):
+    from lib import delivery
+    sent = []
+
+    def remote_answers(runtime, hop, address, sender, recipients, path, utf8, cache=None):
+        sent.extend(recipients)
+        return delivery.Outcome(replies={r: ("550 5.1.1 no such user" if r.startswith("bad")
+                                             else "250 2.0.0 ok") for r in recipients},
+                                relay="mx[127.0.0.1]:9")
+    monkeypatch.setattr(delivery, "transact", remote_answers)
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(delivery, "send_dsn", disk_full)
+    queue_id = queue_one(runner, "good@remote.example", "bad@remote.example")
+    when = runner.attempt(queue_id)
+    assert when is not None and sent == ["good@remote.example", "bad@remote.example"]
+    saved = {r.address: (r.state, r.reported) for r in runner.spool.load(queue_id).recipients}
+    assert saved == {"good@remote.example": ("delivered", False),
+                     "bad@remote.example": ("failed", False)}
+    bounces = []
+    monkeypatch.setattr(delivery, "send_dsn", lambda *a: bounces.append(a[3]) or "DSN")
+    assert runner.attempt(queue_id) is None                  # reported, entry gone
+    assert [r.address for r in bounces[0]] == ["bad@remote.example"]
+    assert sent == ["good@remote.example", "bad@remote.example"]   # nobody twice
+    assert runner.spool.ids() == []
