@@ -493,3 +493,4 @@ def test_check_warns_when_the_mail_user_cannot_write_the_log(tmp_path):
                                                  "log_level = debug\nuser = nobody"))
     ini.chmod(0o600)
     assert any("[server] log: nobody cannot write" in w for w in check_warnings(ini))
+

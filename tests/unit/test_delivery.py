@@ -86,3 +86,29 @@ def test_a_bounce_that_cannot_be_written_is_retried_without_delivering_again(run
     assert [r.address for r in bounces[0]] == ["bad@remote.example"]
     assert sent == ["good@remote.example", "bad@remote.example"]   # nobody twice
     assert runner.spool.ids() == []
+
+
+class FakeClient:
+    def __init__(self):
+        self.closed = False
+
+    def quit(self):
+        self.closed = True
+
+
+def test_connection_cache_expires_idle_and_worn_connections():
+    from lib.delivery import ConnectionCache
+    cache = ConnectionCache(idle=0.1, uses=3)
+    first = FakeClient()
+    cache.put(("mx", "a"), first, "TLSv1.3", 1)
+    assert cache.take(("mx", "a")) == (first, "TLSv1.3", 1)
+    assert cache.take(("mx", "a")) is None            # taken: not shared between users
+    worn = FakeClient()
+    cache.put(("mx", "b"), worn, None, 3)             # used its allowance: closed at once
+    assert worn.closed and cache.take(("mx", "b")) is None
+    idle = FakeClient()
+    cache.put(("mx", "c"), idle, None, 1)
+    import time
+    time.sleep(0.15)
+    cache.expire()
+    assert idle.closed and cache.take(("mx", "c")) is None

@@ -87,3 +87,18 @@ def test_sasl_base64():
     assert passwords.b64decode_response("=") == b""
     with pytest.raises(passwords.SaslError):
         passwords.b64decode_response("not base64!")
+
+
+def test_cache_misses_run_the_kdf_inside_the_gate():
+    entered = []
+
+    class Gate:
+        def __enter__(self):
+            entered.append(True)
+
+        def __exit__(self, *exc):
+            return False
+    cache = passwords.VerifyCache()
+    assert cache.verify(PASSWORD, HASH, Gate())
+    assert cache.verify(PASSWORD, HASH, Gate())       # a hit: no KDF, no gate
+    assert entered == [True]

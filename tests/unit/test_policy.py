@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from lib import passwords, policy
@@ -99,3 +101,42 @@ def test_authenticator(cfg):
     locked = auth.login(router, "1.1.1.1", "bhayden", PASSWORD)
     assert locked.mailbox is None and locked.locked
     assert auth.login(router, "2.2.2.2", "bhayden", PASSWORD).mailbox == "bhayden"
+
+
+def test_in_flow_admits_at_once_below_the_limit_and_waits_above_it():
+    import threading
+    import time
+    flow = policy.InFlow(limit=2, max_delay=5.0)
+    assert flow.admit() == 0.0
+    flow.update(3)                                   # delivery lags
+    threading.Timer(0.2, flow.update, args=(1,)).start()
+    waited = flow.admit()
+    assert 0.15 <= waited < 2.0                      # released when the backlog shrank
+    flow = policy.InFlow(limit=0, max_delay=0.2)
+    flow.update(5)
+    assert 0.15 <= flow.admit() < 1.0                # never longer than max_delay
+
+
+def test_scrypt_checks_run_at_most_a_few_at_a_time(cfg, monkeypatch):
+    import threading
+    import time
+    router = Router(cfg)
+    auth = policy.Authenticator(policy.AuthThrottle(Clock()), passwords.VerifyCache())
+    running, peak, lock = [0], [0], threading.Lock()
+
+    def slow_verify(password, line):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        return False
+    monkeypatch.setattr(passwords, "verify", slow_verify)
+    threads = [threading.Thread(target=auth.login, args=(router, f"10.0.0.{n}", name, "x"))
+               for n in range(12) for name in ("bhayden", "ghost")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert 1 <= peak[0] <= max(2, os.cpu_count() or 2)
