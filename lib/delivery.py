@@ -23,6 +23,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from . import bounce, tls, wire
@@ -448,7 +449,8 @@ class QueueRunner:
         self.log = EventLog("delivery")
         self._workers = workers
         self._lock = threading.Condition()
-        self._due: list[tuple[float, str]] = []       # heap of (when, id)
+        self._due: list[tuple[float, str]] = []       # heap of (when, id) still to come
+        self._ready: deque[tuple[float, str]] = deque()   # (when, id) whose time has come
         self._scheduled: dict[str, float] = {}
         self._busy: set[str] = set()
         self._stopping = threading.Event()
@@ -492,9 +494,12 @@ class QueueRunner:
     def _schedule(self, queue_id: str, when: float) -> None:
         with self._lock:
             if self._scheduled.get(queue_id, float("inf")) <= when:
-                return
+                return                            # already due as early or earlier
             self._scheduled[queue_id] = when
-            heapq.heappush(self._due, (when, queue_id))
+            if when <= time.time():
+                self._ready.append((when, queue_id))
+            else:
+                heapq.heappush(self._due, (when, queue_id))
             self._lock.notify()
 
     def _watch(self) -> None:
@@ -512,31 +517,26 @@ class QueueRunner:
         """The next due entry, marked busy; None after a second with nothing due."""
         with self._lock:
             now = time.time()
-            while self._due:
-                when, queue_id = self._due[0]
+            while self._due and self._due[0][0] <= now:   # their time has come
+                self._ready.append(heapq.heappop(self._due))
+            while self._ready:
+                when, queue_id = self._ready.popleft()
                 if self._scheduled.get(queue_id) != when:
-                    heapq.heappop(self._due)          # superseded by an earlier schedule
-                    continue
-                if queue_id in self._busy:
-                    heapq.heappop(self._due)          # its worker reschedules it when done
-                    del self._scheduled[queue_id]
-                    continue
-                if when > now:
-                    break
-                heapq.heappop(self._due)
+                    continue                      # superseded by an earlier schedule
                 del self._scheduled[queue_id]
+                if queue_id in self._busy:
+                    continue                      # its worker reschedules it when done
                 self._busy.add(queue_id)
-                self._update_flow(now)
+                self._update_flow()
                 return queue_id
             wait = (self._due[0][0] - now) if self._due else 1.0
             self._lock.wait(min(max(wait, 0.01), 1.0))
             return None
 
-    def _update_flow(self, now: float) -> None:
-        """Tell the intake how far delivery lags: entries due now, and in flight."""
-        due = sum(1 for when, queue_id in self._due
-                  if when <= now and self._scheduled.get(queue_id) == when)
-        self.app.services.flow.update(due + len(self._busy))
+    def _update_flow(self) -> None:
+        """Tell the intake how far delivery lags: entries due and not taken, and
+        entries in flight. (Called with the lock held.)"""
+        self.app.services.flow.update(len(self._ready) + len(self._busy))
 
     def _work(self) -> None:
         cache = ConnectionCache()
@@ -559,7 +559,7 @@ class QueueRunner:
             finally:
                 with self._lock:
                     self._busy.discard(queue_id)
-                    self._update_flow(time.time())
+                    self._update_flow()
             if when is not None:
                 self._schedule(queue_id, when)
 

@@ -112,3 +112,18 @@ def test_connection_cache_expires_idle_and_worn_connections():
     time.sleep(0.15)
     cache.expire()
     assert idle.closed and cache.take(("mx", "c")) is None
+
+
+def test_the_backlog_told_to_the_intake_counts_due_and_in_flight_entries(runner):
+    import time
+    seen = []
+    runner.app.services.flow.update = seen.append
+    runner._schedule("A" * 16, 0.0)
+    runner._schedule("B" * 16, 0.0)
+    runner._schedule("C" * 16, time.time() + 3600)     # deferred: not a backlog
+    runner._schedule("A" * 16, 5.0)                     # later than already due: ignored
+    assert runner._next() == "A" * 16
+    assert seen[-1] == 2                                # B waiting, A in flight
+    assert runner._next() == "B" * 16
+    assert seen[-1] == 2                                # both in flight
+    assert runner._next() is None                       # C is not due for an hour
