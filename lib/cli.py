@@ -327,8 +327,13 @@ def _cut_at_dot(raw: bytes) -> bytes:
 
 
 def _queue_writable(runtime) -> bool:
-    queue = runtime.config.server.data_dir / "queue"
-    return os.access(queue if queue.exists() else runtime.config.server.data_dir, os.W_OK)
+    """May this user write the queue (or create it)? os.access answers False, not
+    an error, for a folder it cannot even look into."""
+    data_dir = runtime.config.server.data_dir
+    queue = data_dir / "queue"
+    if os.access(queue, os.W_OK | os.X_OK):
+        return True
+    return not os.path.isdir(queue) and os.access(data_dir, os.W_OK | os.X_OK)
 
 
 def _submit_over_smtp(runtime, prepared) -> str:

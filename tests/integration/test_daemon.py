@@ -494,3 +494,29 @@ def test_check_warns_when_the_mail_user_cannot_write_the_log(tmp_path):
     ini.chmod(0o600)
     assert any("[server] log: nobody cannot write" in w for w in check_warnings(ini))
 
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run sendmail as another user")
+def test_sendmail_by_a_user_who_cannot_write_the_queue_goes_through_smtp(public_folder):
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    ini = public_folder / "server.ini"
+    ini.write_text(config_text(public_folder, listen={"smtp": f"127.0.0.1:{port}"}))
+    ini.chmod(0o644)
+    server = ServerProcess(folder=public_folder, ini=ini, python=SYSTEM_PYTHON)
+    server.start()                                   # as root: data_dir is root's, 0700
+    try:
+        assert stat.S_IMODE(server.data.stat().st_mode) == 0o700
+        result = subprocess.run(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+             SYSTEM_PYTHON, str(SCRIPT), "-c", str(ini), "sendmail", "-v", "alice@example.org"],
+            input="Subject: from nobody\n\nhello\n", capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert f"the server at 127.0.0.1:{port}" in result.stdout
+        assert wait_until(lambda: len(server.messages("alice")) == 1)
+        (message,) = server.messages("alice")
+        assert b"Subject: from nobody" in message and b"\nFrom: nobody@" in message
+    finally:
+        assert server.stop() == 0
