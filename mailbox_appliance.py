@@ -11,7 +11,7 @@ from pathlib import Path
 SCRIPT_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPT_DIR))
 
-from lib.cli import main  # noqa: E402  (the path must be set first)
+from lib.cli.main import main  # noqa: E402  (the path must be set first)
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:], SCRIPT_DIR, sys.argv[0]))

@@ -33,7 +33,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import smtp_load  # noqa: E402
-from lib import passwords  # noqa: E402
+from lib.core import passwords  # noqa: E402
 
 PORT = 2625
 

@@ -37,8 +37,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from lib import passwords  # noqa: E402
-from lib.maildir import MaildirStore  # noqa: E402
+from lib.core import passwords  # noqa: E402
+from lib.store.maildir import MaildirStore  # noqa: E402
 
 PASSWORD = "bench-pass"
 OURS_PORT = 2710

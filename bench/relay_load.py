@@ -31,7 +31,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.smtp_load import Client, make_message  # noqa: E402
-from lib import passwords  # noqa: E402
+from lib.core import passwords  # noqa: E402
 
 SUBMISSION_PORT = 2587
 PASSWORD = "relay-bench"

@@ -1,17 +1,22 @@
 """mailbox_appliance: a complete mail server for one small home server.
 
-One module per concern; each opens with a line saying what it owns, and
-imports only modules listed above it here, so dependencies flow one way:
+The code is one package of subpackages, one concern each. A subpackage
+imports only from itself and from those listed before it in LAYERS, so
+dependencies flow one way (tests/unit/test_layering.py enforces it, also
+for imports inside functions):
 
-    replies, errors, logfmt, logsink reply constants, typed exceptions, log lines and their writer
-    wire, durable                    bytes on the wire; fsync primitives
-    addresses, passwords             RFC 5321 addresses; hashes and SASL
-    config, router                   the INI file; address resolution
-    maildir, spool, bounce, intake   Maildirs; the outbound queue; DSNs; accepting a message
-    tls, policy, services            SSL contexts; who may do what; what sessions share
-    protocol                         what both protocol engines take and return
-    smtp_session, pop3_session       the protocol engines (no sockets inside)
-    submit, delivery                 the sendmail command's submission; the queue runner
-    listeners, advice, daemon        sockets; check's warnings; the process
-    cli                              the subcommands
+    core      replies, typed errors, wire codecs, addresses, passwords, durable writes
+    config    the INI file -> frozen Config; the address router; TLS contexts
+    log       the key=value event format and where lines go
+    store     Maildirs, the outbound queue on disk, the intake that commits to both
+    checks    who a client is and what it may do: trust, logins, caps, back-pressure, filter
+    session   what every protocol engine takes and returns; the Runtime it is given
+    smtp      the SMTP engine (no sockets inside)
+    pop3      the POP3 engine (no sockets inside)
+    outbound  next hop, the SMTP client, the queue runner, DSNs
+    server    the only socket code: listeners, line reading, TLS wrapping; the daemon
+    cli       the subcommands
 """
+
+LAYERS = ("core", "config", "log", "store", "checks", "session", "smtp", "pop3",
+          "outbound", "server", "cli")

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from .support import BASE_INI, HASH, PASSWORD, ROOT, ini  # noqa: F401  (re-exported)
-
-from lib import config as config_module  # noqa: E402
-from lib.router import Router  # noqa: E402
+from lib.config import schema as config_module  # noqa: E402
+from lib.config.router import Router  # noqa: E402
 
 from .harness import make_certificate, new_server  # noqa: E402
+from .support import BASE_INI, HASH, PASSWORD, ROOT, ini  # noqa: F401  (re-exported)
 
 
 @pytest.fixture

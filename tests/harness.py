@@ -112,7 +112,7 @@ class ServerProcess:
                 found += [p for p in folder.iterdir() if p.is_file()]
         return [p.read_bytes() for p in sorted(found, key=lambda p: p.name)]
 
-    def start(self, expect: int | None = None) -> "ServerProcess":
+    def start(self, expect: int | None = None) -> ServerProcess:
         """Start and wait until every listener is reported (or `expect` of them)."""
         self.ports.clear()
         self.process = subprocess.Popen(

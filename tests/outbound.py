@@ -149,7 +149,7 @@ class FakeDNS(BaseResolver):
             reply.add_answer(RR(question.qname, getattr(QTYPE, rtype), rdata=rdata, ttl=60))
         return reply
 
-    def start(self) -> "FakeDNS":
+    def start(self) -> FakeDNS:
         self._server = DNSServer(self, port=0, address=HOST, logger=QUIET_DNS)
         self._server.start_thread()
         return self
@@ -187,7 +187,7 @@ class Transaction:
 class SinkHandler:
     """aiosmtpd hooks: scripted RCPT replies, every transaction recorded."""
 
-    def __init__(self, sink: "Sink"):
+    def __init__(self, sink: Sink):
         self.sink = sink
 
     async def handle_MAIL(self, server, session, envelope, address, mail_options):
@@ -299,7 +299,7 @@ class Sink:
                 return self.default
             return script.pop(0) if len(script) > 1 else script[0]
 
-    def start(self) -> "Sink":
+    def start(self) -> Sink:
         self._controller.start()
         self._counting = True          # the controller's own start-up probe is not counted
         return self
@@ -341,7 +341,7 @@ class BannerServer:
         while not self._stop.is_set():
             try:
                 conn, _ = self._socket.accept()
-            except (socket.timeout, OSError):
+            except (TimeoutError, OSError):
                 continue
             self.connections += 1
             with conn:
@@ -352,7 +352,7 @@ class BannerServer:
                 except OSError:
                     pass
 
-    def start(self) -> "BannerServer":
+    def start(self) -> BannerServer:
         self._thread.start()
         return self
 

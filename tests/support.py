@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from lib import passwords  # noqa: E402
+from lib.core import passwords  # noqa: E402
 
 PASSWORD = "correct horse"
 HASH = passwords.hash_password(PASSWORD)   # computed once: scrypt is slow on purpose

@@ -10,9 +10,7 @@ import subprocess
 import sys
 import time
 
-import pytest
-
-from lib import passwords
+from lib.core import passwords
 
 from ..harness import make_certificate
 from ..support import BASE_INI, ROOT, ini

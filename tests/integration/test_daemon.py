@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from ..harness import DEFAULT_MAP, SCRIPT, ServerProcess, config_text, make_certificate
+from ..harness import SCRIPT, ServerProcess, config_text, make_certificate
 from ..support import HASH, PASSWORD, ROOT
 
 SYSTEM_PYTHON = "/usr/bin/python3"      # world-readable, unlike a pyenv under /root
@@ -388,9 +388,11 @@ def test_check_warns_about_certificates(tmp_path, monkeypatch):
     # ten days later the same certificate has expired (openssl here cannot
     # back-date one, so the clock moves instead)
     from types import SimpleNamespace
-    from lib import advice, config as config_module
-    monkeypatch.setattr(advice, "time", SimpleNamespace(time=lambda: time.time() + 10 * 86400))
-    assert any("expired on" in w for w in advice.warnings(config_module.load(ini)))
+
+    from lib.cli import preflight
+    from lib.config import schema as config_module
+    monkeypatch.setattr(preflight, "time", SimpleNamespace(time=lambda: time.time() + 10 * 86400))
+    assert any("expired on" in w for w in preflight.warnings(config_module.load(ini)))
 
 
 def test_check_warns_about_clear_text_logins_beyond_loopback(tmp_path):

@@ -15,9 +15,23 @@ import smtplib
 import time
 
 from ..harness import DEFAULT_MAP
-from ..outbound import (HOST, all_messages, cli, dns, dsns, events, free_port,  # noqa: F401
-                        mx_relay, queue_files, queue_ids, read_dsn, send, server_tls_context,
-                        sinks, wait_until)
+from ..outbound import (  # noqa: F401
+    HOST,
+    all_messages,
+    cli,
+    dns,
+    dsns,
+    events,
+    free_port,
+    mx_relay,
+    queue_files,
+    queue_ids,
+    read_dsn,
+    send,
+    server_tls_context,
+    sinks,
+    wait_until,
+)
 
 ALICE = "alice@example.org"
 SMART_USER = "relayuser"

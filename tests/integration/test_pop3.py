@@ -138,7 +138,7 @@ def strip_trace(lines: list[bytes]) -> list[bytes]:
     return lines[index:]
 
 
-def raw(server: ServerProcess, kind: str = "pop3") -> tuple[socket.socket, "RawReader"]:
+def raw(server: ServerProcess, kind: str = "pop3") -> tuple[socket.socket, RawReader]:
     sock = socket.create_connection((HOST, server.port(kind)), timeout=TIMEOUT)
     reader = RawReader(sock)
     assert reader.line().startswith(b"+OK")

@@ -12,8 +12,20 @@ import time
 
 import pytest
 
-from ..outbound import (HOST, all_messages, cli, dns, events, mx_relay, parse,  # noqa: F401
-                        queue_files, queue_ids, send, sinks, wait_until)
+from ..outbound import (  # noqa: F401
+    HOST,
+    all_messages,
+    cli,
+    dns,
+    events,
+    mx_relay,
+    parse,
+    queue_files,
+    queue_ids,
+    send,
+    sinks,
+    wait_until,
+)
 
 ALICE = "alice@example.org"
 LATER = "later@remote.example"          # the sink always answers 451 for this one

@@ -21,8 +21,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from lib import replies
-from lib.replies import Reply
+from lib.core import replies
+from lib.core.replies import Reply
 
 from ..harness import ServerProcess, config_text
 from ..support import PASSWORD

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from ..support import ROOT  # noqa: F401  (puts the project on sys.path)
+from lib.core import replies  # noqa: E402
+from lib.core.replies import Reply  # noqa: E402
+from lib.smtp.session import MAX_BAD_COMMANDS  # noqa: E402
 
-from lib import replies  # noqa: E402
-from lib.replies import Reply  # noqa: E402
-from lib.smtp_session import MAX_BAD_COMMANDS  # noqa: E402
+from ..support import ROOT  # noqa: F401  (puts the project on sys.path)
 
 HOST = "127.0.0.1"
 IO_TIMEOUT = 10.0            # every socket read or write
@@ -155,7 +155,7 @@ class Client:
                     try:
                         if not self._fill():
                             return found
-                    except socket.timeout:
+                    except TimeoutError:
                         raise AssertionError(
                             f"server did not close the connection within {timeout}s; "
                             f"replies so far: {[str(a) for a in found]}") from None
@@ -172,7 +172,7 @@ class Client:
                 assert not self.buf, f"unexpected data before close: {self.buf!r}"
                 try:
                     self._fill()
-                except socket.timeout:
+                except TimeoutError:
                     raise AssertionError(f"connection still open after {timeout}s") from None
             assert not self.buf, f"unexpected data before close: {self.buf!r}"
         finally:
@@ -273,7 +273,7 @@ def sample_message(token: str) -> bytes:
             f".a line that starts with a dot\r\n"
             f"\r\n"
             f"caf\u00e9 \u2014 tabs\there, trailing spaces   \r\n"
-            f"last line\r\n").encode("utf-8")
+            f"last line\r\n").encode()
 
 
 def smtplib_send(port: int, message: bytes, recipients=("bhayden@example.org",)) -> None:

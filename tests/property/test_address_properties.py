@@ -8,7 +8,7 @@ import string
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lib.addresses import Address, AddressError, format_local_part, parse_mailbox, parse_path
+from lib.core.addresses import Address, AddressError, format_local_part, parse_mailbox, parse_path
 
 atext = st.sampled_from(string.ascii_letters + string.digits + "!#$%&'*+-/=?^_`{|}~")
 atom = st.text(atext, min_size=1, max_size=10)

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lib.pop3_session import Pop3Session, State
-from lib.protocol import ClientInfo
-from lib.services import Services, load_runtime
+from lib.pop3.session import Pop3Session, State
+from lib.session.engine import ClientInfo
+from lib.session.runtime import Services, load_runtime
 
 from ..support import BASE_INI, PASSWORD, ini
 

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lib.services import Services, load_runtime
-from lib.protocol import ClientInfo
-from lib.smtp_session import SmtpSession, State
+from lib.session.engine import ClientInfo
+from lib.session.runtime import Services, load_runtime
+from lib.smtp.session import SmtpSession, State
 
 from ..support import BASE_INI, ini
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lib import wire
+from lib.core import wire
 
 message = st.lists(st.sampled_from([b"a", b"b", b".", b"\r", b"\n", b"\r\n", b"x" * 7]),
                    max_size=60).map(b"".join)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lib.addresses import Address, AddressError, format_local_part, parse_mailbox, parse_path
+from lib.core.addresses import Address, AddressError, format_local_part, parse_mailbox, parse_path
 
 
 def test_simple_mailbox():

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from lib import config as config_module
-from lib.config import HostPort, Rate
-from lib.errors import ConfigError
+from lib.config import schema as config_module
+from lib.config.schema import HostPort, Rate
+from lib.core.errors import ConfigError
 
 from ..support import BASE_INI
 

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from lib.delivery import HopFinder
-from lib.errors import TemporaryFailure
+from lib.core.errors import TemporaryFailure
+from lib.outbound.delivery import HopFinder
 
 from ..support import BASE_INI
 
@@ -41,8 +41,9 @@ class App:
 
 @pytest.fixture
 def runner(tmp_path):
-    from lib import delivery
-    from lib.services import Services, load_runtime
+    from lib.outbound import delivery
+    from lib.session.runtime import Services, load_runtime
+
     from ..support import ini
     path = tmp_path / "d.ini"
     path.write_text(ini(BASE_INI + "\n[routes]\nremote.example = 127.0.0.1:9\n"))
@@ -52,7 +53,8 @@ def runner(tmp_path):
 
 def queue_one(runner, *recipients):
     import time
-    from lib.spool import Envelope, Recipient, new_id
+
+    from lib.store.spool import Envelope, Recipient, new_id
     temp = runner.spool.begin()
     temp.write(b"Subject: out\n\nbody\n")
     envelope = Envelope(new_id(), "alice@example.org", [Recipient(r) for r in recipients],
@@ -62,7 +64,7 @@ def queue_one(runner, *recipients):
 
 def test_a_bounce_that_cannot_be_written_is_retried_without_delivering_again(runner,
                                                                             monkeypatch):
-    from lib import delivery
+    from lib.outbound import delivery
     sent = []
 
     def remote_answers(runtime, hop, address, sender, recipients, path, utf8, cache=None):
@@ -97,7 +99,7 @@ class FakeClient:
 
 
 def test_connection_cache_expires_idle_and_worn_connections():
-    from lib.delivery import ConnectionCache
+    from lib.outbound.delivery import ConnectionCache
     cache = ConnectionCache(idle=0.1, uses=3)
     first = FakeClient()
     cache.put(("mx", "a"), first, "TLSv1.3", 1)

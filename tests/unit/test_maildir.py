@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from lib.durable import DirSyncer
-from lib.maildir import MailboxBusy, MaildirStore, pop3_size_of_file
+from lib.core.durable import DirSyncer
+from lib.store.maildir import MailboxBusy, MaildirStore, pop3_size_of_file
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from lib import passwords
+from lib.core import passwords
 
 from ..support import HASH, PASSWORD
 

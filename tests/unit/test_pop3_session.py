@@ -6,13 +6,13 @@ import base64
 
 import pytest
 
-from lib import wire
-from lib.maildir import MaildirStore
-from lib.pop3_session import COMMANDS, Pop3Session, State
-from lib.protocol import Action, ClientInfo
-from lib.replies import PopContinue, PopReply
-from lib.services import Services, load_runtime
-from lib.tls import TlsInfo
+from lib.config.tls import TlsInfo
+from lib.core import wire
+from lib.core.replies import PopContinue, PopReply
+from lib.pop3.session import COMMANDS, Pop3Session, State
+from lib.session.engine import Action, ClientInfo
+from lib.session.runtime import Services, load_runtime
+from lib.store.maildir import MaildirStore
 
 from ..support import BASE_INI, PASSWORD, ini
 

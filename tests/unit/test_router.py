@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from lib.addresses import Address, parse_mailbox
-from lib.errors import ConfigError
-from lib.router import LOCAL, REJECTED, REMOTE
+from lib.config.router import LOCAL, REJECTED, REMOTE
+from lib.core.addresses import Address, parse_mailbox
+from lib.core.errors import ConfigError
 
 MAP = """
 [server]

@@ -7,12 +7,12 @@ import textwrap
 
 import pytest
 
-from lib import replies
-from lib.replies import Reply
-from lib.services import Services, load_runtime
-from lib.protocol import Action, ClientInfo
-from lib.smtp_session import SmtpSession, State
-from lib.tls import TlsInfo
+from lib.config.tls import TlsInfo
+from lib.core import replies
+from lib.core.replies import Reply
+from lib.session.engine import Action, ClientInfo
+from lib.session.runtime import Services, load_runtime
+from lib.smtp.session import SmtpSession, State
 
 from ..support import HASH, PASSWORD
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from lib.spool import PENDING, Envelope, QueueBusy, Recipient, Spool, new_id
+from lib.store.spool import PENDING, Envelope, QueueBusy, Recipient, Spool, new_id
 
 
 @pytest.fixture

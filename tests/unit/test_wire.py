@@ -6,7 +6,8 @@ import socket
 
 import pytest
 
-from lib import wire
+from lib.core import wire
+from lib.server.linereader import LineReader, LineTooLong
 
 
 def decode(data: bytes, chunk: int = 3) -> tuple[bytes, wire.DataReceiver]:
@@ -92,7 +93,7 @@ def pair():
 
 def test_readline_and_buffer(pair):
     server, client = pair
-    reader = wire.LineReader(server)
+    reader = LineReader(server)
     client.sendall(b"ONE\r\nTWO\r\nTHR")
     assert reader.readline(512) == b"ONE\r\n"
     assert reader.has_buffered()
@@ -106,25 +107,25 @@ def test_readline_and_buffer(pair):
 
 def test_overlong_line_is_discarded_up_to_newline(pair):
     server, client = pair
-    reader = wire.LineReader(server, recv_size=64)
+    reader = LineReader(server, recv_size=64)
     client.sendall(b"x" * 2000 + b"\r\nNEXT\r\n")
-    with pytest.raises(wire.LineTooLong):
+    with pytest.raises(LineTooLong):
         reader.readline(512)
     assert reader.readline(512) == b"NEXT\r\n"
 
 
 def test_line_of_exactly_the_limit(pair):
     server, client = pair
-    reader = wire.LineReader(server)
+    reader = LineReader(server)
     client.sendall(b"y" * 510 + b"\r\n" + b"z" * 511 + b"\r\n")
     assert len(reader.readline(512)) == 512
-    with pytest.raises(wire.LineTooLong):
+    with pytest.raises(LineTooLong):
         reader.readline(512)
 
 
 def test_chunks_unread_and_discard(pair):
     server, client = pair
-    reader = wire.LineReader(server)
+    reader = LineReader(server)
     client.sendall(b"DATA\r\nbody")
     assert reader.readline(512) == b"DATA\r\n"
     assert reader.read_chunk() == b"body"

@@ -1,0 +1,256 @@
+"""The command line: argument parsing, the subcommands, exit codes, one-line errors.
+
+Exit codes (DESIGN 4): 0 ok, 2 bad usage or bad config, 1 anything else.
+Errors are one line on stderr; a traceback only with --debug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from pathlib import Path
+
+from ..config import schema as config_module
+from ..config.router import Router
+from ..core import passwords
+from ..core.addresses import AddressError, parse_mailbox
+from ..core.errors import ConfigError
+from ..session.runtime import load_runtime
+from .common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError
+from .queue_commands import cmd_queue
+from .sendmail import cmd_sendmail
+
+CONFIG_ENV = "MAILBOX_APPLIANCE_CONFIG"
+
+
+def default_config_path(script_dir: Path) -> Path:
+    return Path(os.environ.get(CONFIG_ENV) or script_dir / "conf" / "mailbox_appliance.ini")
+
+
+def load_router(path: Path) -> Router:
+    """The config at `path`, validated as a whole (syntax, types, alias graph, TLS files)."""
+    return load_runtime(path).router
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_check(args) -> int:
+    from .preflight import warnings
+    router = load_router(args.config)
+    for line in summary(router.config):
+        print(line)
+    for warning in warnings(router.config):
+        print(f"warning: {warning}")
+    return EXIT_OK
+
+
+def cmd_gencert(args) -> int:
+    """A self-signed certificate for [server] hostname, made with openssl."""
+    import shutil
+    import subprocess
+    cfg = config_module.load(args.config, tls_files=False)   # the files may be what we make
+    hostname = args.hostname or cfg.server.hostname
+    folder = Path(args.out or Path(args.config).resolve().parent / "tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    if (cert.exists() or key.exists()) and not args.force:
+        raise UsageError(f"gencert: {cert} or {key} exists already (--force replaces them)")
+    if shutil.which("openssl") is None:
+        print("gencert: the openssl command is missing: apt install openssl", file=sys.stderr)
+        return EXIT_FAILURE
+    folder.mkdir(parents=True, exist_ok=True)
+    old_umask = os.umask(0o077)                 # the key is created unreadable to others
+    try:
+        done = subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:3072", "-nodes", "-sha256",
+             "-keyout", str(key), "-out", str(cert), "-days", str(args.days),
+             "-subj", f"/CN={hostname}", "-addext", f"subjectAltName=DNS:{hostname}"],
+            capture_output=True, text=True, timeout=120)
+    finally:
+        os.umask(old_umask)
+    if done.returncode != 0:
+        said = done.stderr.strip().splitlines()
+        print(f"gencert: openssl failed: {said[-1] if said else 'exit ' + str(done.returncode)}",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    os.chmod(cert, 0o644)
+    print(f"wrote {cert} and {key} (self-signed for {hostname}, {args.days} days)")
+    print("put this in your INI file, then run check and reload:")
+    print(f"[tls]\ncert = {cert}\nkey = {key}")
+    return EXIT_OK
+
+
+def cmd_serve(args) -> int:
+    from ..server.daemon import StartError, serve  # only `serve` needs the socket code
+    runtime = load_runtime(args.config)
+    try:
+        return serve(Path(args.config), runtime, args.pid_file)
+    except StartError as error:
+        print(f"serve: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def summary(cfg: config_module.Config) -> list[str]:
+    def served(value) -> str:
+        return "every mailbox" if value == config_module.ALL_MAILBOXES else ", ".join(sorted(value))
+
+    listeners = [f"{kind} {address}" for kind, address in cfg.listen.listeners()]
+    relay = ("mx (straight to each domain's MX hosts)" if cfg.relay.mode == "mx"
+             else f"smarthost {cfg.relay.smarthost} ({cfg.relay.smarthost_tls}"
+                  f"{', login ' + cfg.relay.smarthost_user if cfg.relay.smarthost_user else ''})")
+    lines = [
+        f"{cfg.path}: OK",
+        f"hostname:   {cfg.server.hostname}",
+        f"data_dir:   {cfg.server.data_dir}",
+        f"domains:    {len(cfg.domains)}",
+        *(f"  {domain}: {served(value)}" for domain, value in cfg.domains.items()),
+        f"mailboxes:  {len(cfg.mailboxes)}: {', '.join(cfg.mailboxes) or '-'}",
+        f"aliases:    {len(cfg.aliases)}",
+        *(f"  {key} -> {', '.join(targets)}" for key, targets in cfg.aliases.items()),
+        f"listeners:  {'; '.join(listeners) or 'none'}",
+        f"tls:        {cfg.tls.cert if cfg.tls.enabled else 'off'}",
+        f"relay:      {relay}",
+    ]
+    if cfg.routes:
+        lines.append("routes:     " + "; ".join(f"{d} -> {hp}" for d, hp in cfg.routes.items()))
+    return lines
+
+
+def cmd_route(args) -> int:
+    router = load_router(args.config)
+    for text in args.addresses:
+        try:
+            resolution = router.resolve(parse_mailbox(text.strip(), utf8=True))
+        except AddressError as error:
+            if args.json:
+                print(json.dumps({"address": text, "result": "rejected", "mailboxes": [],
+                                  "forward": [], "reason": f"not an address: {error}"}))
+            else:
+                print(f"{text} -> rejected: not an address: {error}")
+            continue
+        if args.json:
+            print(json.dumps(resolution.as_json(text), ensure_ascii=False))
+        else:
+            print(f"{text} -> {resolution.result}: {resolution.reason}")
+    return EXIT_OK
+
+
+def cmd_passwd(args) -> int:
+    if sys.stdin.isatty():
+        first = getpass.getpass("New password: ")
+        if getpass.getpass("Repeat it: ") != first:
+            print("passwd: the two passwords differ; nothing printed", file=sys.stderr)
+            return EXIT_FAILURE
+    else:
+        first = sys.stdin.readline().rstrip("\r\n")
+    if not first:
+        raise UsageError("passwd: empty password")
+    print(passwords.hash_password(first))
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- parsing
+
+def build_parser(script_dir: Path) -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS,
+                        help="the INI file (default: $%s, else conf/mailbox_appliance.ini "
+                             "next to the script)" % CONFIG_ENV)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks")
+    parser = argparse.ArgumentParser(
+        prog="mailbox_appliance.py", parents=[common],
+        description="A mail server for a small home server: SMTP in, Maildirs, POP3, relay out.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser("serve", parents=[common],
+                                help="run every listener in the foreground until SIGTERM")
+    serve.add_argument("--pid-file", type=Path, help="write the process id here "
+                       "(overrides [server] pid_file; for SysV init scripts)")
+    serve.set_defaults(run=cmd_serve)
+
+    check = commands.add_parser("check", parents=[common], help="validate the INI file")
+    check.set_defaults(run=cmd_check)
+
+    route = commands.add_parser("route", parents=[common],
+                                help="explain where addresses go and why")
+    route.add_argument("addresses", nargs="+", metavar="ADDRESS")
+    route.add_argument("--json", action="store_true", help="one JSON object per line")
+    route.set_defaults(run=cmd_route)
+
+    passwd = commands.add_parser("passwd", parents=[common],
+                                 help="hash a password for [mailboxes]")
+    passwd.set_defaults(run=cmd_passwd)
+
+    gencert = commands.add_parser("gencert", parents=[common],
+                                  help="make a self-signed TLS certificate for [server] hostname")
+    gencert.add_argument("--out", help="folder for cert.pem and key.pem (default: tls/ "
+                         "next to the INI file)")
+    gencert.add_argument("--hostname", help="name in the certificate (default: [server] hostname)")
+    gencert.add_argument("--days", type=int, default=825)
+    gencert.add_argument("--force", action="store_true", help="replace existing files")
+    gencert.set_defaults(run=cmd_gencert)
+
+    queue = commands.add_parser("queue", parents=[common], help="the outbound queue")
+    queue.add_argument("action", choices=("list", "flush", "remove"))
+    queue.add_argument("id", nargs="?", help="queue id (for remove)")
+    queue.add_argument("--json", action="store_true", help="list: one JSON object per line")
+    queue.set_defaults(run=cmd_queue)
+
+    sendmail = commands.add_parser(
+        "sendmail", help="queue a message read from stdin, like /usr/sbin/sendmail",
+        usage="%(prog)s [-f SENDER] [-F NAME] [-t] [-i] RECIPIENT...")
+    sendmail.set_defaults(args=[])
+    sendmail.set_defaults(run=cmd_sendmail)
+    return parser
+
+
+def main(argv: list[str], script_dir: Path, program: str = "mailbox_appliance.py") -> int:
+    if Path(program).name == "sendmail":      # installed as /usr/sbin/sendmail
+        argv = ["sendmail", *argv]
+    parser = build_parser(script_dir)
+    argv, sendmail_args = _split_sendmail(argv)
+    args = parser.parse_args(argv)
+    if sendmail_args is not None:
+        args.args = sendmail_args
+    args.config = getattr(args, "config", None) or default_config_path(script_dir)
+    debug = getattr(args, "debug", False)
+    try:
+        return args.run(args)
+    except ConfigError as error:
+        _report(error.one_line(), debug)
+        return EXIT_USAGE
+    except UsageError as error:
+        _report(str(error), debug)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+    except Exception as error:     # the last line of defence: one line, no traceback
+        _report(f"error: {type(error).__name__}: {error}", debug)
+        return EXIT_FAILURE
+
+
+def _split_sendmail(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """sendmail's options (-i, -t, -FName ...) are its own: hand them over
+    untouched instead of letting argparse read them as ours."""
+    index = 0
+    while index < len(argv):
+        word = argv[index]
+        if word in ("-c", "--config"):
+            index += 2
+        elif word.startswith("-"):
+            index += 1
+        else:
+            if word == "sendmail":
+                return argv[:index + 1], argv[index + 1:]
+            return argv, None
+    return argv, None
+
+
+def _report(message: str, debug: bool) -> None:
+    if debug:
+        import traceback
+        traceback.print_exc()
+    print(message, file=sys.stderr)

@@ -1,0 +1,239 @@
+"""The `sendmail` command. Local submission: a message handed over by a program (the `sendmail`
+command, cron) made ready to send — missing Date, Message-ID and From added,
+recipients taken from the header with -t — and passed to the intake.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import getpass
+import os
+import re
+import smtplib
+import sys
+from dataclasses import dataclass
+
+from ..config.router import REJECTED
+from ..core import wire
+from ..core.addresses import Address, AddressError, parse_mailbox
+from ..session.runtime import Runtime, Services, load_runtime
+from ..store.intake import Accepted, Destinations
+from ..store.spool import new_id
+from .common import EXIT_FAILURE, EXIT_OK, UsageError, become_mail_user
+
+RECIPIENT_HEADERS = ("to", "cc", "bcc")
+_HEADER_NAME = re.compile(rb"^([!-9;-~]+):")
+
+
+class SubmitError(Exception):
+    """The message or an address cannot be submitted; the text says why."""
+
+
+@dataclass
+class Prepared:
+    message: bytes                  # LF line endings, header completed
+    sender: Address | None
+    recipients: list[Address]
+
+
+def split_message(data: bytes) -> tuple[list[bytes], bytes]:
+    """(header lines with their continuations joined, body) of an LF message."""
+    end = data.find(b"\n\n")
+    if data.startswith(b"\n"):
+        return [], data[1:]
+    head, body = (data, b"") if end < 0 else (data[:end + 1], data[end + 2:])
+    fields: list[bytes] = []
+    for line in head.split(b"\n"):
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += b"\n" + line
+        else:
+            fields.append(line)
+    return fields, body
+
+
+def _name(field: bytes) -> str:
+    match = _HEADER_NAME.match(field)
+    return match.group(1).decode("ascii").lower() if match else ""
+
+
+def _addresses(fields: list[bytes], names: tuple[str, ...]) -> list[str]:
+    values = [f.split(b":", 1)[1].decode("utf-8", "replace") for f in fields if _name(f) in names]
+    return [address for _, address in email.utils.getaddresses(values) if address]
+
+
+def default_sender(hostname: str) -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid{os.getuid()}"
+    return f"{user}@{hostname}"
+
+
+def prepare(raw: bytes, hostname: str, sender: str | None, recipients: list[str],
+            from_header_recipients: bool, full_name: str | None = None,
+            local_domain: str | None = None) -> Prepared:
+    """Complete the header of a message read from a program; work out the envelope."""
+    converter = wire.LfConverter()
+    data = converter.feed(raw) + converter.flush()
+    fields, body = split_message(data)
+    names = {_name(field) for field in fields}
+    envelope_from = sender if sender is not None else default_sender(hostname)
+    wanted = list(recipients)
+    if from_header_recipients:
+        wanted += _addresses(fields, RECIPIENT_HEADERS)
+        fields = [f for f in fields if _name(f) != "bcc"]     # -t: Bcc is not shown
+    if not wanted:
+        raise SubmitError("no recipients (give addresses, or -t to read them from the header)")
+    added = []
+    if "from" not in names:
+        author = envelope_from or f"MAILER-DAEMON@{hostname}"    # From needs a mailbox
+        shown = email.utils.formataddr((full_name, author)) if full_name else author
+        added.append(f"From: {shown}".encode())
+    if "date" not in names:
+        added.append(f"Date: {email.utils.formatdate(localtime=True)}".encode())
+    if "message-id" not in names:
+        added.append(f"Message-ID: {email.utils.make_msgid(domain=hostname)}".encode())
+    message = b"\n".join(fields + added) + b"\n\n" + body
+    domain = local_domain or hostname
+    # cron and mail(1) address local users by name alone ("root"): as sendmail
+    # does, such a name gets this server's own domain.
+    wanted = [text.strip() if "@" in text else f"{text.strip()}@{domain}" for text in wanted]
+    try:
+        envelope_sender = parse_mailbox(envelope_from, utf8=True) if envelope_from else None
+        parsed = [parse_mailbox(text, utf8=True) for text in dict.fromkeys(wanted)]
+    except AddressError as error:
+        raise SubmitError(f"bad address: {error}") from None
+    return Prepared(message, envelope_sender, parsed)
+
+
+def submit(runtime: Runtime, services: Services, prepared: Prepared, origin: str) -> Accepted:
+    """Deliver the local recipients and queue the rest, durably; raise SubmitError
+    (nothing accepted) when a local recipient does not exist."""
+    resolutions = []
+    for recipient in prepared.recipients:
+        resolution = runtime.router.resolve(recipient)
+        if resolution.result == REJECTED:
+            raise SubmitError(f"{recipient}: {resolution.reason}")
+        resolutions.append(resolution)
+    msg_id = new_id()
+    header = (f"Received: by {runtime.hostname} (mailbox_appliance sendmail, {origin}) "
+              f"id {msg_id}; {email.utils.formatdate(localtime=True)}\n").encode()
+    utf8 = not all(r.is_ascii for r in prepared.recipients) or \
+        (prepared.sender is not None and not prepared.sender.is_ascii)
+    incoming = services.intake.begin(msg_id, prepared.sender, Destinations.of(resolutions),
+                                     header, utf8=utf8, origin={"sendmail": origin})
+    try:
+        incoming.write(prepared.message)
+        return incoming.commit()
+    except BaseException:
+        incoming.discard()
+        raise
+
+
+# ---------------------------------------------------------------- the command
+
+def cmd_sendmail(args) -> int:
+    options = _sendmail_options(args.args)
+    if not options["recipients"] and not options["from_header"]:
+        raise UsageError("sendmail: no recipients (give addresses, or -t to read them "
+                         "from the header)")
+    runtime = load_runtime(args.config)
+    origin = f"uid {os.getuid()}"             # who ran it, before acting as the mail user
+    raw = sys.stdin.buffer.read(runtime.config.limits.max_message_size + 1)
+    if len(raw) > runtime.config.limits.max_message_size:
+        print("sendmail: message larger than [limits] max_message_size", file=sys.stderr)
+        return EXIT_FAILURE
+    if options["dot_ends"]:
+        raw = _cut_at_dot(raw)
+    try:
+        prepared = prepare(raw, runtime.hostname, options["sender"], options["recipients"],
+                           options["from_header"], options["full_name"],
+                           runtime.router.primary_domain)
+        if os.geteuid() == 0 or _queue_writable(runtime):
+            become_mail_user(runtime)
+            accepted = submit(runtime, Services.create(runtime.config), prepared, origin).id
+        else:
+            accepted = _submit_over_smtp(runtime, prepared)
+    except SubmitError as error:
+        print(f"sendmail: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    if options["verbose"]:
+        print(f"sendmail: accepted by {accepted}")
+    return EXIT_OK
+
+
+def _sendmail_options(args: list[str]) -> dict:
+    """The sendmail(8) options cron, mailx and scripts use; others are refused."""
+    options = {"sender": None, "full_name": None, "from_header": False, "dot_ends": True,
+               "verbose": False, "recipients": []}
+    items = list(args)
+    while items:
+        arg = items.pop(0)
+        if arg == "--":
+            options["recipients"] += items
+            break
+        if not arg.startswith("-") or arg == "-":
+            options["recipients"].append(arg)
+            continue
+        flag, value = arg[:2], arg[2:]
+        if flag in ("-f", "-F", "-r"):
+            if not value:
+                if not items:
+                    raise UsageError(f"sendmail: {flag} needs a value")
+                value = items.pop(0)
+            options["full_name" if flag == "-F" else "sender"] = value
+        elif arg == "-t":
+            options["from_header"] = True
+        elif arg in ("-i", "-oi"):
+            options["dot_ends"] = False
+        elif arg == "-v":
+            options["verbose"] = True
+        elif flag in ("-o", "-B") or arg in ("-odi", "-odb", "-odq", "-em", "-n"):
+            continue                          # delivery modes and encodings: nothing to do
+        else:
+            raise UsageError(f"sendmail: unknown option {arg}")
+    if options["sender"] == "<>":
+        options["sender"] = ""
+    return options
+
+
+def _cut_at_dot(raw: bytes) -> bytes:
+    """Without -i, a line with a single '.' ends the message (sendmail tradition)."""
+    for marker in (b"\n.\n", b"\n.\r\n"):
+        end = raw.find(marker)
+        if end >= 0:
+            return raw[:end + 1]
+    if raw.startswith((b".\n", b".\r\n")):
+        return b""
+    return raw
+
+
+def _queue_writable(runtime) -> bool:
+    """May this user write the queue (or create it)? os.access answers False, not
+    an error, for a folder it cannot even look into."""
+    data_dir = runtime.config.server.data_dir
+    queue = data_dir / "queue"
+    if os.access(queue, os.W_OK | os.X_OK):
+        return True
+    return not os.path.isdir(queue) and os.access(data_dir, os.W_OK | os.X_OK)
+
+
+def _submit_over_smtp(runtime, prepared) -> str:
+    """A user who may not write the queue hands the message to the running
+    server's smtp listener on this machine instead."""
+    listeners = runtime.config.listen.smtp
+    if not listeners:
+        raise SubmitError("cannot write the queue and no [listen] smtp to hand the message to")
+    address = listeners[0]
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address.host, address.host)
+    try:
+        with smtplib.SMTP(host, address.port, timeout=60) as client:
+            client.sendmail(str(prepared.sender) if prepared.sender else "",
+                            [str(r) for r in prepared.recipients],
+                            prepared.message.replace(b"\n", b"\r\n"))
+    except (OSError, smtplib.SMTPException) as error:
+        raise SubmitError(f"cannot write the queue, and the server at {host}:{address.port} "
+                          f"did not take the message: {error}") from None
+    return f"the server at {host}:{address.port}"

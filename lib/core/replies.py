@@ -1,0 +1,172 @@
+"""Every SMTP and POP3 reply the server sends, as named constants.
+
+Code raises `Reject(RELAY_DENIED)`; tests assert against the same constants,
+so a grep for a reply finds every place that can send it. Enhanced status
+codes (RFC 3463) go on every SMTP reply except the greeting and the EHLO/HELO
+answer (RFC 2034 section 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from functools import cached_property
+
+
+@dataclass(frozen=True)
+class Reply:
+    code: int
+    enhanced: str | None
+    text: str
+
+    def with_text(self, text: str) -> Reply:
+        return replace(self, text=text)
+
+    def fill(self, **values) -> Reply:
+        """The reply with its {placeholders} filled in."""
+        return replace(self, text=self.text.format(**values))
+
+    def lines(self) -> list[str]:
+        prefix = f"{self.enhanced} " if self.enhanced else ""
+        texts = self.text.split("\n") or [""]
+        last = len(texts) - 1
+        return [f"{self.code}{'-' if i < last else ' '}{prefix}{t}" for i, t in enumerate(texts)]
+
+    def to_bytes(self) -> bytes:
+        return self.wire
+
+    @cached_property
+    def wire(self) -> bytes:
+        """The reply as sent; computed once per Reply (most are module constants)."""
+        return "".join(line + "\r\n" for line in self.lines()).encode("utf-8", "replace")
+
+    def __str__(self) -> str:
+        return " / ".join(self.lines())
+
+
+# ---------------------------------------------------------------- SMTP: 2xx / 3xx
+
+GREETING = Reply(220, None, "{host} ESMTP mailbox_appliance")
+BYE = Reply(221, "2.0.0", "Bye")
+OK = Reply(250, "2.0.0", "OK")
+SENDER_OK = Reply(250, "2.1.0", "Sender OK")
+RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
+RESET_OK = Reply(250, "2.0.0", "Reset OK")
+ACCEPTED = Reply(250, "2.0.0", "OK: queued as {id}")
+HELP = Reply(214, "2.0.0", "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP "
+                           "STARTTLS AUTH; see RFC 5321")
+CANNOT_VRFY = Reply(252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery")
+READY_FOR_TLS = Reply(220, "2.0.0", "Ready to start TLS")
+START_DATA = Reply(354, None, "End data with <CR><LF>.<CR><LF>")
+AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
+AUTH_CHALLENGE = Reply(334, None, "{challenge}")
+
+# ---------------------------------------------------------------- SMTP: 4xx
+
+SHUTTING_DOWN = Reply(421, "4.3.2", "{host} Service shutting down, closing connection")
+TIMEOUT = Reply(421, "4.4.2", "{host} Timeout: closing connection")
+TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "{host} Too many connections, try again later")
+TOO_MANY_FROM_YOU = Reply(421, "4.7.0", "{host} Too many connections from your address")
+TOO_MANY_ERRORS = Reply(421, "4.7.0", "{host} Too many errors, closing connection")
+LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
+FILTER_TEMPFAIL = Reply(451, "4.7.1", "Message could not be checked, try again later")
+TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
+AUTH_LOCKED = Reply(454, "4.7.0", "Too many failed logins from your address, try again later")
+
+# ---------------------------------------------------------------- SMTP: 5xx
+
+UNKNOWN_COMMAND = Reply(500, "5.5.2", "Command not recognised")
+LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
+NUL_IN_COMMAND = Reply(500, "5.5.2", "Syntax error: NUL character in command")
+SYNTAX_ERROR = Reply(501, "5.5.4", "Syntax error in parameters or arguments")
+BAD_ADDRESS_SYNTAX = Reply(501, "5.1.3", "Bad address syntax: {detail}")
+AUTH_CANCELLED = Reply(501, "5.0.0", "Authentication cancelled")
+AUTH_BAD_RESPONSE = Reply(501, "5.5.2", "Cannot decode the authentication response: {detail}")
+NOT_IMPLEMENTED = Reply(502, "5.5.1", "Command not implemented")
+BAD_SEQUENCE = Reply(503, "5.5.1", "Bad sequence of commands: {detail}")
+UNKNOWN_MECHANISM = Reply(504, "5.5.4", "Unrecognised authentication mechanism")
+AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
+TLS_REQUIRED = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
+AUTH_FAILED = Reply(535, "5.7.8", "Authentication credentials invalid")
+ENCRYPTION_REQUIRED = Reply(538, "5.7.11",
+                            "Encryption required for requested authentication mechanism")
+NO_SUCH_USER = Reply(550, "5.1.1", "No such user here")
+FILTER_REJECTED = Reply(550, "5.7.1", "Message rejected by content filter")
+MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed limit")
+SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address rejected: not owned by user {user}")
+NEEDS_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 extension")
+RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
+NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
+TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many hops: mail loop detected")
+DATA_LINE_TOO_LONG = Reply(554, "5.6.0", "Message has a line longer than 998 characters "
+                                         "(RFC 5322 2.1.1)")
+HTTP_REFUSED = Reply(221, "2.7.0", "This is an SMTP server, not a web proxy")
+UNSUPPORTED_PARAMETER = Reply(555, "5.5.4", "Unsupported parameter: {detail}")
+
+
+# ---------------------------------------------------------------- POP3
+
+@dataclass(frozen=True)
+class PopReply:
+    ok: bool
+    text: str
+    code: str | None = None       # RFC 2449 response code, e.g. "IN-USE"
+
+    def with_text(self, text: str) -> PopReply:
+        return replace(self, text=text)
+
+    def fill(self, **values) -> PopReply:
+        return replace(self, text=self.text.format(**values))
+
+    def to_bytes(self) -> bytes:
+        status = "+OK" if self.ok else "-ERR"
+        code = f" [{self.code}]" if self.code else ""
+        text = f" {self.text}" if self.text else ""
+        return f"{status}{code}{text}\r\n".encode("utf-8", "replace")
+
+    def __str__(self) -> str:
+        return self.to_bytes().decode().rstrip()
+
+
+@dataclass(frozen=True)
+class PopContinue:
+    """A SASL continuation in POP3 (RFC 5034): "+ " and a base64 challenge."""
+    challenge: str = ""
+
+    def to_bytes(self) -> bytes:
+        return f"+ {self.challenge}\r\n".encode("ascii")
+
+    def __str__(self) -> str:
+        return f"+ {self.challenge}"
+
+
+# ---------------------------------------------------------------- POP3 replies (RFC 1939, codes RFC 3206)
+
+def _pop_err(text: str, code: str | None = None) -> PopReply:
+    return PopReply(False, text, code)
+
+
+POP_GREETING = PopReply(True, "POP3 server ready")
+POP_BYE = PopReply(True, "Bye")
+POP_NO_SUCH_MESSAGE = _pop_err("No such message")
+POP_ALREADY_DELETED = _pop_err("Message already deleted")
+POP_UNKNOWN_COMMAND = _pop_err("Unknown command")
+POP_WRONG_STATE = _pop_err("Command not valid in this state")
+POP_SYNTAX = _pop_err("Syntax error")
+POP_AUTH_FAILED = _pop_err("Authentication failed", "AUTH")
+POP_AUTH_LOCKED = _pop_err("Too many failed logins from your address, try again later",
+                           "SYS/TEMP")
+POP_IN_USE = _pop_err("Mailbox is in use by another session", "IN-USE")
+POP_PLAINTEXT_REFUSED = _pop_err("Plaintext authentication is not allowed without TLS: use STLS",
+                                 "AUTH")
+POP_SYS_TEMP = _pop_err("Temporary server error, try again later", "SYS/TEMP")
+POP_LINE_TOO_LONG = _pop_err("Line too long")
+POP_TOO_MANY_ERRORS = _pop_err("Too many errors, closing connection")
+POP_TIMEOUT = _pop_err("Timeout, closing connection")
+POP_SHUTTING_DOWN = _pop_err("Server shutting down, closing connection", "SYS/TEMP")
+POP_AUTH_CANCELLED = _pop_err("Authentication cancelled")
+POP_TLS_ACTIVE = _pop_err("TLS is already active")
+POP_TLS_UNAVAILABLE = _pop_err("TLS is not available")
+POP_USER_FIRST = _pop_err("USER first")
+POP_UNKNOWN_MECHANISM = _pop_err("Unsupported authentication mechanism")
+POP_BAD_CREDENTIALS = _pop_err("Cannot decode the credentials: {detail}")
+POP_UPDATE_FAILED = _pop_err("Some deleted messages were not removed", "SYS/TEMP")

@@ -1,0 +1,103 @@
+"""Log lines: one event per line as key=value fields, tied together by an id.
+
+    2026-11-29T15:30:00.123Z info comp=smtp session=3F2A9C event=rcpt to=<a@b> result=local
+
+`comp` is the component (smtp, pop3, delivery, queue, daemon, listener); `session`
+ties the lines of one connection together, `msg` those of one message across
+SMTP, queue and delivery. Values with spaces, quotes or '=' are quoted.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+LOGGER_NAME = "mailbox_appliance"
+
+
+_NEEDS_QUOTES = re.compile(r'[^\x21-\x7e]|["=\\]')
+
+
+def _quote(value) -> str:
+    text = value if isinstance(value, str) else str(value)
+    if text and not _NEEDS_QUOTES.search(text):
+        return text
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") \
+        .replace("\r", "\\r").replace("\t", "\\t")
+    if not escaped.isascii():
+        # Bytes a client sent that were not UTF-8 arrive as lone surrogates
+        # (surrogateescape); they become \xNN, since the log file is UTF-8.
+        escaped = escaped.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return f'"{escaped}"'
+
+
+def format_fields(fields: dict) -> str:
+    """`key=value ...` for every field that is not None, in the given order."""
+    parts = []
+    for key, value in fields.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple, set, frozenset)):
+            value = ",".join(str(item) for item in value)
+        elif isinstance(value, bool):
+            value = "yes" if value else "no"
+        parts.append(f"{key}={_quote(value)}")
+    return " ".join(parts)
+
+
+class EventLog:
+    """Writes events for one component and context (session or message id)."""
+
+    def __init__(self, component: str, logger: logging.Logger | None = None, **context):
+        self._logger = logger or logging.getLogger(LOGGER_NAME)
+        self._context = {"comp": component, **context}
+
+    def bind(self, **more) -> EventLog:
+        """The same log with more context fields (e.g. a message id)."""
+        bound = EventLog.__new__(EventLog)
+        bound._logger = self._logger
+        bound._context = {**self._context, **more}
+        return bound
+
+    def _emit(self, level: int, event: str, fields: dict) -> None:
+        if self._logger.isEnabledFor(level):
+            self._logger.log(level, format_fields({**self._context, "event": event, **fields}))
+
+    def debug(self, event: str, **fields) -> None:
+        self._emit(logging.DEBUG, event, fields)
+
+    def info(self, event: str, **fields) -> None:
+        self._emit(logging.INFO, event, fields)
+
+    def warning(self, event: str, **fields) -> None:
+        self._emit(logging.WARNING, event, fields)
+
+    def error(self, event: str, **fields) -> None:
+        self._emit(logging.ERROR, event, fields)
+
+    def exception(self, event: str, **fields) -> None:
+        """An unexpected error: the event line, then the traceback."""
+        self._logger.error(format_fields({**self._context, "event": event, **fields}),
+                           exc_info=True)
+
+    @property
+    def debugging(self) -> bool:
+        return self._logger.isEnabledFor(logging.DEBUG)
+
+
+class LineFormatter(logging.Formatter):
+    """`<UTC timestamp> <level> <fields>`; the timestamp is left out for syslog."""
+
+    def __init__(self, with_time: bool = True):
+        super().__init__()
+        self.with_time = with_time
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = f"{record.levelname.lower()} {record.getMessage()}"
+        if self.with_time:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            text = f"{stamp}.{int(record.msecs):03d}Z {text}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return text

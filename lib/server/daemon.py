@@ -1,0 +1,319 @@
+"""The process: binding every listener, switching user, running until a signal,
+reloading, and stopping cleanly (stop accepting, let sessions finish, close the rest)."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import faulthandler
+import os
+import pwd
+import signal
+import threading
+import time
+from pathlib import Path
+
+from ..config.schema import Config
+from ..core.durable import replace_durably
+from ..core.errors import ConfigError
+from ..log import sink
+from ..log.events import EventLog
+from ..outbound.delivery import QueueRunner
+from ..session.runtime import Runtime, Services, load_runtime
+from .listeners import MailServer, SessionHandler
+
+FORCED_CLOSE_WAIT = 5.0      # after the grace period: time for handlers to say 421 and go
+
+
+class StartError(Exception):
+    """The server cannot start (a port in use, a folder it cannot create)."""
+
+
+class Daemon:
+    """Every listener of one config, and the queue runner, in one process."""
+
+    def __init__(self, config_path: Path, runtime: Runtime, pid_file: Path | None = None):
+        self.config_path = config_path
+        self.runtime = runtime            # replaced whole by a reload; sessions keep theirs
+        self.services: Services | None = None   # made after the switch to [server] user
+        self.closing = threading.Event()
+        self.log = EventLog("daemon")
+        self.pid_file = pid_file or (Path(runtime.config.server.pid_file)
+                                     if runtime.config.server.pid_file else None)
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._servers: dict[tuple, MailServer] = {}
+        self.runner: QueueRunner | None = None
+
+    # ------------------------------------------------------------ start
+
+    def prepare_storage(self) -> None:
+        """Folders, leftovers of a crash, listings: done as the mail user, so
+        everything made belongs to it and no symlink it planted is followed as root."""
+        cfg = self.runtime.config
+        try:
+            self.services = Services.create(cfg)
+        except OSError as error:
+            raise StartError(f"[server] data_dir: cannot use {cfg.server.data_dir}: "
+                             f"{error.strerror} ({error.filename})") from None
+        if cfg.listen.pop3 or cfg.listen.pop3s:
+            started = time.monotonic()
+            self.services.store.warm(cfg.mailboxes)      # first POP3 logins find lists ready
+            self.log.info("mailboxes_listed", count=len(cfg.mailboxes),
+                          ms=round((time.monotonic() - started) * 1000))
+        stale = self.services.store.clean_stale_temps()
+        orphans = self.services.spool.clean_orphans()
+        if stale or orphans:
+            self.log.info("cleaned", stale_temps=stale, queue_orphans=orphans)
+
+    def bind(self, listeners: list | None = None) -> list[MailServer]:
+        """Open the listening sockets (all of the config's, or those given)."""
+        opened = []
+        for kind, address in listeners if listeners is not None else \
+                self.runtime.config.listen.listeners():
+            try:
+                server = MailServer(kind, address, self, SessionHandler)
+            except OSError as error:
+                for server in opened:
+                    server.server_close()
+                raise StartError(f"[listen] {kind}: cannot listen on {address}: "
+                                 f"{error.strerror or error}") from None
+            opened.append(server)
+            self._servers[(kind, address)] = server
+        return opened
+
+    def start(self, servers: list[MailServer]) -> None:
+        for server in servers:
+            threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5},
+                             name=f"accept {server.label}", daemon=True).start()
+            print(f"listening {server.kind} {server.bound}", flush=True)
+            self.log.info("listening", kind=server.kind, address=server.bound)
+
+    # ------------------------------------------------------------ run, reload and stop
+
+    def run(self) -> int:
+        """Serve until SIGTERM or SIGINT (SIGHUP reloads); return the exit code."""
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_reload_signal)
+        # `kill -USR1 <pid>`: every thread's stack on stderr, for a server that seems stuck
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+        servers = self.bind()                  # ports below 1024 need root
+        self._write_pid_file()
+        make_data_dir(self.runtime.config)
+        drop_privileges(self.runtime.config, self.log)
+        server = self.runtime.config.server
+        try:
+            sink.configure(server.log, server.log_level)  # opened as the mail user
+        except OSError as error:
+            # Mail matters more than the log: serve on, logging to stderr.
+            sink.configure("stderr", server.log_level)
+            self.log.error("log_unavailable", key="[server] log",
+                           error=f"cannot open {self.runtime.config.server.log}: "
+                                 f"{error.strerror or error}", using="stderr")
+        if os.geteuid() == 0:
+            self.log.warning("running_as_root", reason="[server] user is not set")
+        self.prepare_storage()
+        self.start(servers)
+        self.runner = QueueRunner(self)
+        self.runner.start()
+        self.log.info("started", pid=os.getpid(), config=str(self.config_path),
+                      hostname=self.runtime.hostname, user=_user_name())
+        while not self._stop.is_set():
+            self._stop.wait(0.2)
+            if self._reload.is_set():
+                self._reload.clear()
+                try:
+                    self.reload()
+                except Exception:               # a reload must never take the server down
+                    self.log.exception("reload_failed", kept="the running config")
+        self.stop()
+        return 0
+
+    def _on_stop_signal(self, signum, frame) -> None:
+        self.log.info("stopping", signal=signal.Signals(signum).name)
+        self._stop.set()
+
+    def _on_reload_signal(self, signum, frame) -> None:
+        self._reload.set()
+
+    def reload(self) -> bool:
+        """Re-read the INI. A valid config replaces the old one for new sessions,
+        listeners are opened and closed to match, the log is reopened; an
+        invalid one is refused with its error logged and the old one kept."""
+        try:
+            runtime = load_runtime(self.config_path)
+        except ConfigError as error:
+            self.log.error("reload_failed", error=error.one_line(), kept="the running config")
+            return False
+        old = self.runtime
+        if runtime.config.server.data_dir != old.config.server.data_dir:
+            self.log.warning("reload_partial", key="[server] data_dir",
+                             reason="a new data_dir takes effect at the next restart")
+        if runtime.config.server.log != old.config.server.log or \
+                runtime.config.server.log_level != old.config.server.log_level:
+            try:
+                sink.configure(runtime.config.server.log, runtime.config.server.log_level)
+            except OSError as error:
+                self.log.error("reload_failed", key="[server] log",
+                               error=f"cannot open {runtime.config.server.log}: {error}",
+                               kept="the running config")
+                return False
+        else:
+            sink.reopen()
+        wanted = set(runtime.config.listen.listeners())
+        self.runtime = runtime                       # one assignment: atomic for readers
+        for key in [key for key in self._servers if key not in wanted]:
+            server = self._servers.pop(key)
+            server.shutdown()
+            server.server_close()
+            self.log.info("closed_listener", kind=key[0], address=str(key[1]))
+        added = [key for key in wanted if key not in self._servers]
+        try:
+            self.start(self.bind(added))
+        except StartError as error:
+            self.log.error("reload_listener_failed", error=str(error))
+        self.log.info("reloaded", config=str(self.config_path),
+                      listeners=len(self._servers), mailboxes=len(runtime.config.mailboxes),
+                      domains=len(runtime.config.domains))
+        return True
+
+    def close_listeners(self) -> None:
+        for server in self._servers.values():
+            server.server_close()
+        self._servers.clear()
+
+    def stop(self) -> None:
+        """Stop accepting; give sessions `shutdown_grace` to finish; then 421 the rest."""
+        for server in self._servers.values():
+            server.shutdown()
+        self.close_listeners()
+        grace = self.runtime.config.limits.shutdown_grace
+        connections = self.services.connections
+        deadline = time.monotonic() + grace
+        while connections.total > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if connections.total > 0:
+            self.log.info("closing_connections", remaining=connections.total)
+            self.closing.set()
+            deadline = time.monotonic() + FORCED_CLOSE_WAIT
+            while connections.total > 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        if self.runner is not None:
+            self.runner.stop(timeout=FORCED_CLOSE_WAIT)
+        self._remove_pid_file()
+        self.log.info("stopped", remaining=connections.total)
+
+    def _write_pid_file(self) -> None:
+        if self.pid_file is None:
+            return
+        try:
+            self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+            replace_durably(self.pid_file, f"{os.getpid()}\n".encode(), self.pid_file.parent)
+            os.chmod(self.pid_file, 0o644)
+        except OSError as error:
+            raise StartError(f"[server] pid_file: cannot write {self.pid_file}: "
+                             f"{error.strerror}") from None
+
+    def _remove_pid_file(self) -> None:
+        if self.pid_file is None:
+            return
+        try:
+            if self.pid_file.read_text().strip() == str(os.getpid()):
+                self.pid_file.unlink()
+        except OSError:
+            pass          # written as root, and we are the mail user now: the init script cleans
+
+
+def _import_before_dropping_root(config: Config) -> None:
+    """Load the modules used later on, while the interpreter's files are surely
+    readable: after switching user, a Python installed under a private home
+    (pyenv under /root) could no longer import them."""
+    import encodings.idna  # noqa: F401  (international domains)
+    if config.relay.mode == "mx":
+        try:
+            import dns.nameserver  # noqa: F401
+            import dns.resolver  # noqa: F401
+        except ImportError:
+            pass                           # reported when an MX look-up is needed
+
+
+def make_data_dir(config: Config) -> None:
+    """Create data_dir (as root, before the switch) and give it to [server] user."""
+    data_dir = config.server.data_dir
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:
+        raise StartError(f"[server] data_dir: cannot create {data_dir}: {error.strerror}") from None
+    if os.geteuid() == 0 and config.server.user:
+        try:
+            account = pwd.getpwnam(config.server.user)
+        except KeyError:
+            raise StartError(f"[server] user: no such user {config.server.user!r}") from None
+        _give_to(data_dir, account.pw_uid, account.pw_gid)
+
+
+def drop_privileges(config: Config, log: EventLog | None = None) -> None:
+    """Started as root: become [server] user (its groups, then its gid, then its
+    uid). Refuses to go on as root when the switch does not take. Not root, or
+    no user set: nothing to do (serve logs a warning for root)."""
+    if os.geteuid() != 0 or not config.server.user:
+        return
+    name = config.server.user
+    try:
+        account = pwd.getpwnam(name)
+    except KeyError:
+        raise StartError(f"[server] user: no such user {name!r}") from None
+    _import_before_dropping_root(config)
+    try:
+        os.initgroups(name, account.pw_gid)      # its supplementary groups, e.g. ssl-cert
+        os.setgid(account.pw_gid)
+        os.setuid(account.pw_uid)
+    except OSError as error:
+        raise StartError(f"[server] user: cannot switch to {name}: {error.strerror}") from None
+    if os.geteuid() == 0 or os.getuid() == 0:
+        raise StartError(f"[server] user: still root after switching to {name}; refusing to run")
+    try:
+        os.setuid(0)
+    except PermissionError:
+        return                                   # as it should be: no way back to root
+    raise StartError(f"[server] user: could regain root after switching to {name}; refusing")
+
+
+def _give_to(data_dir: Path, uid: int, gid: int) -> None:
+    """chown -R data_dir to the mail user where it (or its two top folders) is
+    someone else's. Symlinks are changed themselves, never followed."""
+    tops = [data_dir, data_dir / "mail", data_dir / "queue"]
+    if all(not top.exists() or top.lstat().st_uid == uid for top in tops):
+        return
+    os.lchown(data_dir, uid, gid)
+    for folder, dirs, files in os.walk(data_dir):         # does not follow symlinks
+        for name in dirs + files:
+            os.lchown(os.path.join(folder, name), uid, gid)
+
+
+def _user_name() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return str(os.geteuid())
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives each thread its own malloc arena; with a thread per connection
+    that multiplies the memory a busy server keeps. Two arenas are plenty here."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+        libc.mallopt(-8, arenas)                 # -8 = M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
+def serve(config_path: Path, runtime: Runtime, pid_file: Path | None = None) -> int:
+    """Run the daemon; the log is set up once it runs as the mail user."""
+    limit_malloc_arenas()
+    try:
+        return Daemon(config_path, runtime, pid_file).run()
+    finally:
+        sink.stop()
+

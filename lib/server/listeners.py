@@ -1,0 +1,299 @@
+"""The only socket code: one ThreadingTCPServer per listening address, connection
+caps, TLS wrapping, and thin handlers that move bytes between a socket and a
+protocol session.
+
+Every read and write of a connection happens in its own thread: the accept
+loop only admits or refuses (a 421 written without blocking), and TLS
+handshakes run in the connection's thread. A handler waits for input in
+short polls so it notices a shutdown without another thread touching its
+socket (an SSL object must not be used from two threads at once).
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import socketserver
+import ssl
+import struct
+import threading
+import time
+from typing import Protocol
+
+from ..config.schema import IMPLICIT_TLS_KINDS, HostPort
+from ..config.tls import info_of
+from ..core import replies
+from ..log.events import EventLog
+from ..pop3.session import Pop3Session
+from ..session.engine import Action, ClientInfo, Step
+from ..session.runtime import Runtime, Services
+from ..smtp.session import SmtpSession
+from .linereader import LineReader, LineTooLong
+
+POLL_SECONDS = 0.5          # how often an idle connection checks for shutdown
+HANDSHAKE_SECONDS = 60.0    # a TLS handshake gets this long, however long command_timeout is
+SEND_BATCH = 256 * 1024     # queued output beyond this is sent before more is read from disk
+LISTEN_BACKLOG = 1024       # a burst of connections waits in the kernel, not refused
+
+
+class App(Protocol):
+    """What listeners need from the running daemon."""
+    runtime: Runtime
+    services: Services
+    closing: threading.Event     # set when remaining sessions must end now
+
+
+class ClientGone(Exception):
+    """The client closed the connection or the network failed."""
+
+
+class StopNow(Exception):
+    """The daemon is closing the remaining connections."""
+
+
+class MailServer(socketserver.ThreadingTCPServer):
+    """One listening address of one kind (smtp, submission, ..., pop3s)."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    block_on_close = False
+    request_queue_size = LISTEN_BACKLOG
+
+    def __init__(self, kind: str, address: HostPort, app: App, handler: type):
+        self.kind = kind
+        self.app = app
+        self.label = f"{kind} {address}"
+        self.address_family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+        self.log = EventLog("listener", listener=kind)
+        super().__init__((address.host, address.port), handler)
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6:
+            # [::]:25 must not also claim 0.0.0.0:25: the config lists both when wanted.
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        super().server_bind()
+
+    @property
+    def bound(self) -> str:
+        host, port = self.socket.getsockname()[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def process_request(self, request: socket.socket, client_address) -> None:
+        ip = client_address[0]
+        refusal = self.app.services.connections.open(ip, self.app.runtime.config)
+        if refusal is not None:
+            self.log.warning("refused", client=ip, reason=refusal.text.split(" ", 1)[1])
+            self._refuse(request, refusal)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.app.services.connections.close(ip)
+            raise
+
+    def _refuse(self, request: socket.socket, refusal: replies.Reply) -> None:
+        """Say why in the protocol's words, without blocking the accept loop."""
+        if self.kind in ("smtp", "submission"):
+            message = refusal.fill(host=self.app.runtime.hostname).to_bytes()
+        elif self.kind == "pop3":
+            message = replies.PopReply(False, refusal.text.split(" ", 1)[1], "SYS/TEMP").to_bytes()
+        else:
+            message = b""                      # implicit TLS: nothing readable to say
+        try:
+            if message:
+                request.setblocking(False)
+                request.send(message)
+        except OSError:
+            pass
+        finally:
+            self.shutdown_request(request)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.app.services.connections.close(client_address[0])
+
+    def handle_error(self, request, client_address) -> None:
+        self.log.exception("handler_crashed", client=client_address[0])
+
+
+def _timeval(seconds: float) -> bytes:
+    whole = int(seconds)
+    return struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+
+
+class Connection:
+    """A client socket with the reader, the output buffer and the waiting logic."""
+
+    def __init__(self, sock: socket.socket, app: App, timeout: float):
+        self.sock = sock
+        self.app = app
+        self.timeout = timeout
+        self.reader = LineReader(sock, wait=self._wait)
+        self._deadline = 0.0
+        self._out: list[bytes] = []
+        self.pending = 0                  # octets queued in _out
+        self.dropped_before_tls = 0
+        self._poller = select.poll()
+        self._poller.register(sock, select.POLLIN)
+        self._set_timeouts(sock)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+    def _set_timeouts(self, sock: socket.socket) -> None:
+        """How reads wait. A plain socket is left blocking with kernel timeouts:
+        a read returns after POLL_SECONDS of silence so the handler can check
+        for shutdown, and a send to a client that stops reading gives up after
+        the command timeout; that costs one syscall per read, where a Python
+        timeout would add a poll() to every recv and send. OpenSSL needs the
+        Python timeout, so a TLS socket polls before reading instead."""
+        if isinstance(sock, ssl.SSLSocket):
+            sock.settimeout(self.timeout)
+            return
+        sock.settimeout(None)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(POLL_SECONDS))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(self.timeout))
+
+    def _wait(self, first: bool) -> None:
+        """Called by the reader before and between reads: raise socket.timeout
+        after the command timeout, StopNow when the daemon closes connections."""
+        if first:
+            self._deadline = time.monotonic() + self.timeout
+        if isinstance(self.sock, ssl.SSLSocket):
+            self._poll_until_readable()
+            return
+        if self.app.closing.is_set():
+            raise StopNow()
+        if time.monotonic() >= self._deadline:
+            raise TimeoutError("command timeout")
+
+    def _poll_until_readable(self) -> None:
+        if self.sock.pending():                  # decrypted bytes already inside ssl
+            return
+        while True:
+            if self.app.closing.is_set():
+                raise StopNow()
+            remaining = self._deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("command timeout")
+            if self._poller.poll(min(remaining, POLL_SECONDS) * 1000):
+                return
+
+    def queue(self, data: bytes) -> None:
+        self._out.append(data)
+        self.pending += len(data)
+
+    def flush(self) -> None:
+        if self._out:
+            data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+            self._out.clear()
+            self.pending = 0
+            self.sock.sendall(data)
+
+    def start_tls(self, context: ssl.SSLContext) -> ssl.SSLSocket:
+        """Upgrade in place. Whatever the client sent after the command and before
+        the handshake is thrown away (RFC 3207 / CVE-2011-0411)."""
+        self.flush()
+        dropped = self.reader.discard_buffer()
+        self._poller.unregister(self.sock)
+        self.sock.settimeout(min(self.timeout, HANDSHAKE_SECONDS))
+        tls_sock = context.wrap_socket(self.sock, server_side=True)
+        self._set_timeouts(tls_sock)
+        self.sock = tls_sock
+        self.reader.sock = tls_sock
+        self._poller.register(tls_sock, select.POLLIN)
+        self.dropped_before_tls = dropped
+        return tls_sock
+
+
+SESSIONS = {"smtp": SmtpSession, "submission": SmtpSession, "submissions": SmtpSession,
+            "pop3": Pop3Session, "pop3s": Pop3Session}
+
+
+class SessionHandler(socketserver.BaseRequestHandler):
+    """Moves bytes between one client socket and one protocol session."""
+
+    server: MailServer
+
+    def handle(self) -> None:
+        app = self.server.app
+        runtime = app.runtime                  # this connection keeps this config
+        kind = self.server.kind
+        engine = SESSIONS[kind]
+        ip, port = self.client_address[:2]
+        sock = self.request
+        tls = None
+        if kind in IMPLICIT_TLS_KINDS:
+            try:
+                sock.settimeout(min(runtime.config.limits.command_timeout, HANDSHAKE_SECONDS))
+                sock = runtime.tls.wrap_socket(sock, server_side=True)
+            except (OSError, ssl.SSLError) as error:
+                EventLog(engine.component).info("tls_failed", client=ip, listener=kind,
+                                                reason=str(error)[:200])
+                return
+            tls = info_of(sock)
+        session = engine(runtime, app.services, ClientInfo(ip=ip, port=port, listener=kind,
+                                                           tls=tls))
+        conn = Connection(sock, app, runtime.config.limits.command_timeout)
+        try:
+            self._converse(conn, session)
+        except ClientGone as gone:
+            session.close(str(gone) or "client disconnected")
+        except (ConnectionError, OSError) as error:
+            session.close(f"connection error: {error}")
+        finally:
+            session.close()
+            try:
+                conn.sock.close()
+            except OSError:
+                pass
+
+    def _converse(self, conn: Connection, session) -> None:
+        step = session.greeting()
+        while True:
+            for reply in step.replies:
+                conn.queue(reply.to_bytes())
+            if step.body is not None:
+                for chunk in step.body:         # a POP3 message, streamed from disk
+                    conn.queue(chunk)
+                    if conn.pending > SEND_BATCH:
+                        conn.flush()
+            if step.leftover:
+                conn.reader.unread(step.leftover)
+            if step.action is Action.CLOSE:
+                conn.flush()
+                return
+            if step.action is Action.START_TLS:
+                try:
+                    tls_sock = conn.start_tls(session.runtime.tls)
+                except (OSError, ssl.SSLError) as error:
+                    session.tls_failed(str(error)[:200])
+                    return
+                if conn.dropped_before_tls:
+                    session.log.warning("pipelined_before_tls", dropped=conn.dropped_before_tls)
+                session.tls_started(info_of(tls_sock))
+            elif not conn.reader.has_buffered():
+                conn.flush()                   # RFC 2920: answer once the input runs dry
+            step = self._next_step(conn, session)
+
+    def _next_step(self, conn: Connection, session) -> Step:
+        try:
+            if session.receiving_data:
+                chunk = conn.reader.read_chunk()
+                if not chunk:
+                    raise ClientGone("client disconnected during DATA")
+                return session.feed_data(chunk)
+            try:
+                line = conn.reader.readline(session.max_line)
+            except LineTooLong:
+                return session.line_too_long()
+            if not line:
+                raise ClientGone("client disconnected")
+            return session.feed_line(line)
+        except TimeoutError:
+            return session.timeout()
+        except StopNow:
+            return session.shutdown()

@@ -1,0 +1,150 @@
+"""Accepting a message: written once as it arrives, then committed to every
+Maildir and/or the outbound queue in one step.
+
+The first local mailbox's tmp/ holds the file when there is one (with a
+`Return-Path:` line for the local copies); otherwise the queue's tmp/ does
+(without it: Return-Path belongs to final delivery, RFC 5321 4.4). A message
+for both local and remote recipients is copied into the queue, minus that
+line, at commit time. `commit` returns only after every copy is fsync'd.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config.router import Resolution
+from ..core.addresses import Address, format_local_part
+from .maildir import MaildirStore, TempMessage
+from .spool import Envelope, Recipient, Spool
+
+HEAD_SCAN_LIMIT = 256 * 1024          # look no further for the end of the header
+_RECEIVED = re.compile(rb"^received:", re.IGNORECASE | re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Destinations:
+    """Where one message goes: local mailboxes, and remote (address, original) pairs."""
+    mailboxes: tuple[str, ...]
+    remote: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, resolutions: list[Resolution]) -> Destinations:
+        mailboxes: dict[str, None] = {}
+        remote: dict[str, str] = {}
+        for resolution in resolutions:
+            mailboxes.update(dict.fromkeys(resolution.mailboxes))
+            for target in resolution.forward:
+                original = "" if target == resolution.address else str(resolution.address)
+                remote.setdefault(str(target), original)
+        return cls(tuple(mailboxes), tuple(remote.items()))
+
+
+@dataclass
+class Accepted:
+    id: str
+    mailboxes: dict[str, str] = field(default_factory=dict)   # mailbox -> file name
+    queue_id: str | None = None
+
+
+def path_text(address: Address | None) -> str:
+    return f"<{address}>" if address is not None else "<>"
+
+
+def envelope_sender(address: Address | None) -> str:
+    return "" if address is None else f"{format_local_part(address.local)}@{address.domain}"
+
+
+class Incoming:
+    """One message being received. Feed it stored-form bytes (LF, no CR)."""
+
+    def __init__(self, intake: Intake, msg_id: str, sender: Address | None,
+                 destinations: Destinations, header: bytes, utf8: bool, origin: dict):
+        self.id = msg_id
+        self._intake = intake
+        self.sender = sender
+        self.destinations = destinations
+        self.utf8 = utf8
+        self.origin = origin
+        self._return_path = b""
+        if destinations.mailboxes:
+            self._temp: TempMessage = intake.store.begin(destinations.mailboxes[0])
+            self._return_path = f"Return-Path: {path_text(sender)}\n".encode()
+            self._temp.write(self._return_path)
+        else:
+            self._temp = intake.spool.begin()
+        self._temp.write(header)
+        self._head = bytearray()
+        self._head_done = False
+        self.hops = header.count(b"Received:")
+
+    def readable_path(self) -> Path:
+        """The file as written so far, complete on disk (for the content filter)."""
+        self._temp.flush()
+        return self._temp.path
+
+    def write(self, data: bytes, lines: int | None = None) -> None:
+        if not self._head_done:
+            self._scan_head(data)
+        self._temp.write(data, lines)
+
+    def _scan_head(self, data: bytes) -> None:
+        """Count the message's own Received: lines, for loop detection."""
+        self._head += data
+        if self._head.startswith(b"\n"):
+            end = 0
+        else:
+            end = self._head.find(b"\n\n")
+        if end >= 0 or len(self._head) > HEAD_SCAN_LIMIT:
+            head = bytes(self._head[:end] if end >= 0 else self._head)
+            self.hops += len(_RECEIVED.findall(head))
+            self._head_done = True
+            self._head = bytearray()
+
+    def commit(self) -> Accepted:
+        """The commit point: fsync'd into every Maildir and the queue, or an exception."""
+        if not self._head_done:
+            self._scan_head(b"\n\n")
+        accepted = Accepted(self.id)
+        intake = self._intake
+        if self.destinations.remote:
+            envelope = Envelope(
+                id=self.id, sender=envelope_sender(self.sender), created=time.time(),
+                utf8=self.utf8, origin=self.origin,
+                recipients=[Recipient(address=a, original=o) for a, o in self.destinations.remote])
+            if self.destinations.mailboxes:
+                # Queued but not announced: nothing is sent before the local
+                # copies are on disk too, so a failure below can take it back.
+                self._temp.finish()
+                accepted.queue_id = intake.spool.enqueue_copy(
+                    self._temp.path, len(self._return_path), envelope, announce=False)
+            else:
+                accepted.queue_id = intake.spool.commit(self._temp, envelope)
+                return accepted
+        try:
+            accepted.mailboxes = intake.store.commit(self._temp, self.destinations.mailboxes)
+        except BaseException:
+            if accepted.queue_id:
+                with intake.spool.locked(accepted.queue_id, wait=True):
+                    intake.spool.remove(accepted.queue_id)   # all or nothing: the client retries
+            raise
+        if accepted.queue_id:
+            intake.spool.announce(accepted.queue_id)
+        return accepted
+
+    def discard(self) -> None:
+        self._temp.discard()
+
+
+class Intake:
+    """Creates `Incoming` messages over one Maildir store and one queue."""
+
+    def __init__(self, store: MaildirStore, spool: Spool):
+        self.store = store
+        self.spool = spool
+
+    def begin(self, msg_id: str, sender: Address | None, destinations: Destinations,
+              header: bytes = b"", utf8: bool = False, origin: dict | None = None) -> Incoming:
+        return Incoming(self, msg_id, sender, destinations, header, utf8, origin or {})

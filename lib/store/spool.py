@@ -1,0 +1,292 @@
+"""The outbound queue on disk: entries (message + envelope), per-recipient state, ids.
+
+Layout under `<data_dir>/queue/`:
+
+    tmp/            files being written; anything here after a crash was never acknowledged
+    entries/ID.msg  the message, LF line endings, exactly as it will be sent
+    entries/ID.env  the envelope: JSON with the sender and each recipient's state
+
+Commit point (`commit`): the message is fsync'd and hard-linked as `ID.msg`; the
+envelope is written to tmp/, fsync'd and renamed to `ID.env`; `entries/` is
+fsync'd. An entry exists exactly when its `.env` does, so a crash before the
+last rename leaves an orphan `.msg` that nobody acknowledged (removed by
+`clean_orphans`), and a crash after it loses nothing. Envelope updates use
+the same write-fsync-rename, so a reader sees the old state or the new one,
+never half of each.
+
+Every change to an entry happens under an flock() on its `.msg` file, so the
+queue runner and the `queue` command can work on the same queue at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import itertools
+import json
+import os
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from ..core.durable import DirSyncer, replace_durably, temp_name, unlink_quietly, write_synced
+from ..log.events import EventLog
+from .maildir import TempMessage
+
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+WAKE_FILE = "wake"
+COPY_CHUNK = 1 << 20
+
+
+_counter = itertools.count(secrets.randbelow(16 ** 5))   # random start: other processes differ
+
+
+def new_id() -> str:
+    """A message/queue id: milliseconds, then a per-process counter, in hex.
+
+    Time-ordered and unique within a process; an id that another process
+    happened to pick in the same millisecond is caught at commit (link fails)."""
+    return f"{int(time.time() * 1000):011X}{next(_counter) % 16 ** 5:05X}"
+
+
+QUEUE_ID = re.compile(r"[0-9A-F]{16}\Z")
+
+
+def check_id(queue_id: str) -> str:
+    """A queue id as new_id makes them; anything else (`../x`) is refused."""
+    if not QUEUE_ID.match(queue_id):
+        raise ValueError(f"not a queue id: {queue_id!r} (16 characters 0-9 A-F)")
+    return queue_id
+
+
+@dataclass
+class Recipient:
+    address: str
+    state: str = PENDING
+    attempts: int = 0
+    next_attempt: float = 0.0
+    last_reply: str = ""
+    original: str = ""          # the address the client gave, when an alias forwarded it
+    relay: str = ""             # the host that gave last_reply: host[ip]:port
+    reported: bool = False      # failed, and the sender has had a DSN about it
+
+
+@dataclass
+class Envelope:
+    id: str
+    sender: str                 # "" for the null sender <>
+    recipients: list[Recipient]
+    created: float
+    utf8: bool = False          # SMTPUTF8 was used (RFC 6531)
+    origin: dict = field(default_factory=dict)   # session, client, for the log and DSNs
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), ensure_ascii=False, indent=1).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Envelope:
+        """Raises ValueError for anything that is not an envelope. Keys this
+        version does not know are ignored (a newer version may add some)."""
+        try:
+            raw = json.loads(data.decode("utf-8"))
+            known = {f.name for f in fields(Recipient)}
+            raw["recipients"] = [Recipient(**{k: v for k, v in item.items() if k in known})
+                                 for item in raw["recipients"]]
+            return cls(**{k: v for k, v in raw.items() if k in {f.name for f in fields(cls)}})
+        except (UnicodeDecodeError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"not an envelope: {error}") from None
+
+    @property
+    def pending(self) -> list[Recipient]:
+        return [r for r in self.recipients if r.state == PENDING]
+
+    @property
+    def next_attempt(self) -> float:
+        return min((r.next_attempt for r in self.pending), default=float("inf"))
+
+
+class QueueBusy(Exception):
+    """The entry is being worked on by another thread or process."""
+
+
+class Spool:
+    """The queue under `<data_dir>/queue`."""
+
+    def __init__(self, root: str | os.PathLike, syncer: DirSyncer | None = None):
+        self.root = Path(root)
+        self.tmp = self.root / "tmp"
+        self.entries_dir = self.root / "entries"
+        self.syncer = syncer or DirSyncer()
+        # Set by a queue runner in this process: told of each new entry at once.
+        # Without one (the sendmail command), the wake file tells the daemon.
+        self.notify: Callable[[str], None] | None = None
+        for directory in (self.root, self.tmp, self.entries_dir):
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def message_path(self, queue_id: str) -> Path:
+        return self.entries_dir / f"{check_id(queue_id)}.msg"
+
+    def envelope_path(self, queue_id: str) -> Path:
+        return self.entries_dir / f"{check_id(queue_id)}.env"
+
+    # ------------------------------------------------------------ enqueue
+
+    def begin(self) -> TempMessage:
+        """A new message file in tmp/, to be committed with `commit` or discarded."""
+        base = f"{new_id()}.{os.getpid()}"
+        return TempMessage(self.tmp / base, base)
+
+    def commit(self, temp: TempMessage, envelope: Envelope, announce: bool = True) -> str:
+        """Make `temp` the queue entry `envelope.id`. The commit point; see the module
+        doc. With announce=False the runner is told later, by `announce`."""
+        try:
+            temp.finish()
+            temp.close()
+            while True:                 # link, unlike rename, never replaces an entry
+                try:
+                    os.link(temp.path, self.message_path(envelope.id))
+                    break
+                except FileExistsError:
+                    envelope.id = new_id()
+            os.unlink(temp.path)
+            staged = temp_name(self.tmp, f"{envelope.id}.env")
+            write_synced(staged, envelope.to_json())
+            os.rename(staged, self.envelope_path(envelope.id))
+            self.syncer.sync(self.entries_dir)
+        except BaseException:
+            temp.discard()
+            unlink_quietly(self.message_path(envelope.id))
+            unlink_quietly(self.envelope_path(envelope.id))
+            raise
+        if announce:
+            self.announce(envelope.id)
+        return envelope.id
+
+    def announce(self, queue_id: str) -> None:
+        """Tell the queue runner of a new entry: directly in this process, else
+        through the wake file."""
+        if self.notify is not None:
+            self.notify(queue_id)
+        else:
+            self.poke()
+
+    def enqueue_copy(self, source: Path, skip: int, envelope: Envelope,
+                     announce: bool = True) -> str:
+        """Queue a copy of `source` from byte `skip` on (the local copy's Return-Path
+        is not part of what goes out)."""
+        temp = self.begin()
+        try:
+            with open(source, "rb") as handle:
+                handle.seek(skip)
+                while chunk := handle.read(COPY_CHUNK):
+                    temp.write(chunk)
+        except BaseException:
+            temp.discard()
+            raise
+        return self.commit(temp, envelope, announce)
+
+    def poke(self) -> None:
+        """Tell a queue runner (maybe in another process) to look now."""
+        path = self.root / WAKE_FILE
+        try:
+            with open(path, "a"):
+                pass
+            os.utime(path)
+        except OSError:
+            pass
+
+    def wake_time(self) -> float:
+        try:
+            return os.stat(self.root / WAKE_FILE).st_mtime
+        except FileNotFoundError:
+            return 0.0
+
+    # ------------------------------------------------------------ reading and updating
+
+    def ids(self) -> list[str]:
+        return sorted(name[:-4] for name in os.listdir(self.entries_dir) if name.endswith(".env"))
+
+    def load(self, queue_id: str) -> Envelope:
+        """The entry's envelope; FileNotFoundError when gone, ValueError when unreadable."""
+        return Envelope.from_json(self.envelope_path(queue_id).read_bytes())
+
+    def entries(self) -> list[Envelope]:
+        """Every readable entry. One that cannot be read is moved to queue/bad/
+        (and said so on the log) instead of stopping the whole queue."""
+        found = []
+        for queue_id in self.ids():
+            try:
+                found.append(self.load(queue_id))
+            except FileNotFoundError:
+                continue            # delivered or removed while we looked
+            except ValueError as error:
+                self.quarantine(queue_id, str(error))
+        return found
+
+    def quarantine(self, queue_id: str, reason: str) -> None:
+        bad = self.root / "bad"
+        bad.mkdir(mode=0o700, exist_ok=True)
+        for path in (self.envelope_path(queue_id), self.message_path(queue_id)):
+            try:
+                os.rename(path, bad / path.name)
+            except FileNotFoundError:
+                pass
+        EventLog("queue").error("quarantined", msg=queue_id, reason=reason,
+                                moved_to=str(bad))
+
+    def save(self, envelope: Envelope) -> None:
+        """Replace the envelope atomically (write, fsync, rename, fsync dir)."""
+        replace_durably(self.envelope_path(envelope.id), envelope.to_json(), self.tmp, self.syncer)
+
+    def remove(self, queue_id: str) -> None:
+        """Delete an entry: the envelope first, so it stops existing at once."""
+        unlink_quietly(self.envelope_path(queue_id))
+        unlink_quietly(self.message_path(queue_id))
+        self.syncer.sync(self.entries_dir)
+
+    @contextmanager
+    def locked(self, queue_id: str, wait: bool = False) -> Iterator[None]:
+        """Exclusive use of one entry; raises QueueBusy (or waits, with wait=True),
+        FileNotFoundError when the entry is gone."""
+        fd = os.open(self.message_path(queue_id), os.O_RDONLY)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except OSError as error:
+                if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                    raise QueueBusy(queue_id) from None
+                raise
+            if not self.envelope_path(queue_id).exists():
+                raise FileNotFoundError(self.envelope_path(queue_id))
+            yield
+        finally:
+            os.close(fd)
+
+    def clean_orphans(self, min_age: float = 3600.0) -> int:
+        """Remove what a crash left before a commit point: old files in tmp/ and
+        `.msg` files without an envelope. Returns how many files went."""
+        removed = 0
+        limit = time.time() - min_age
+        for entry in os.scandir(self.tmp):
+            if _older(entry, limit):
+                removed += unlink_quietly(entry.path)
+        names = set(os.listdir(self.entries_dir))
+        for entry in os.scandir(self.entries_dir):
+            stem, dot, kind = entry.name.rpartition(".")
+            partner = f"{stem}.env" if kind == "msg" else f"{stem}.msg"
+            if kind in ("msg", "env") and partner not in names and _older(entry, limit):
+                removed += unlink_quietly(entry.path)
+        return removed
+
+
+def _older(entry: os.DirEntry, limit: float) -> bool:
+    try:
+        return entry.stat().st_mtime < limit
+    except FileNotFoundError:
+        return False
+
+

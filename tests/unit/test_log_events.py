@@ -1,0 +1,26 @@
+"""Log lines: key=value formatting that never breaks on odd input."""
+
+from __future__ import annotations
+
+from lib.log.events import format_fields
+
+
+def test_plain_values_are_bare_and_others_quoted():
+    line = format_fields({"event": "rcpt", "to": "<a@b>", "reason": 'no "such" user',
+                          "skip": None, "list": ["a", "b"], "flag": True, "empty": ""})
+    assert line == 'event=rcpt to=<a@b> reason="no \\"such\\" user" list=a,b flag=yes empty=""'
+
+
+def test_control_characters_are_escaped():
+    assert format_fields({"line": "a\r\nb\tc"}) == 'line="a\\r\\nb\\tc"'
+
+
+def test_undecodable_client_bytes_become_escapes():
+    name = b"\xff\xfeuser".decode("utf-8", "surrogateescape")
+    line = format_fields({"user": name})
+    assert line == 'user="\\xff\\xfeuser"'
+    line.encode("utf-8")          # always writable to a UTF-8 log file
+
+
+def test_utf8_values_stay_readable():
+    assert format_fields({"to": "jösé@example.org"}) == 'to="jösé@example.org"'
