@@ -15,7 +15,8 @@ from ..core import passwords
 
 # A hash of a random password nobody knows: an unknown login name is checked
 # against it, so it costs as long as a known one and does not reveal the name.
-_DUMMY_HASH = "$scrypt$ln=14,r=8,p=1$7ot5dATHLB8TFdp8uh4joA$iSQIP7DFQvp1MI0DBPvRjHkBQ2X5wvlsSTgnAFc554s"
+_DUMMY_HASH = ("$scrypt$ln=14,r=8,p=1$7ot5dATHLB8TFdp8uh4joA"
+               "$iSQIP7DFQvp1MI0DBPvRjHkBQ2X5wvlsSTgnAFc554s")
 MAX_TRACKED_IPS = 10_000        # bound on the failure table under a distributed attack
 
 

@@ -156,8 +156,8 @@ def cmd_passwd(args) -> int:
 def build_parser(script_dir: Path) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS,
-                        help="the INI file (default: $%s, else conf/mailbox_appliance.ini "
-                             "next to the script)" % CONFIG_ENV)
+                        help=f"the INI file (default: ${CONFIG_ENV}, else "
+                             "conf/mailbox_appliance.ini next to the script)")
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show tracebacks")
     parser = argparse.ArgumentParser(

@@ -49,7 +49,8 @@ def _certificate(config: Config) -> list[str]:
     if not config.tls.enabled:
         return []
     try:
-        details = ssl._ssl._test_decode_cert(str(config.tls.cert))  # CPython's own PEM reader
+        # CPython's own PEM reader, the standard library's only one; not in the type stubs
+        details = ssl._ssl._test_decode_cert(str(config.tls.cert))  # type: ignore[attr-defined]
     except (ssl.SSLError, OSError, AttributeError):
         return []                 # load_runtime already refused what cannot be loaded
     found = []

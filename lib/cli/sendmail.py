@@ -11,7 +11,7 @@ import os
 import re
 import smtplib
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..config.router import REJECTED
 from ..core import wire
@@ -136,7 +136,7 @@ def submit(runtime: Runtime, services: Services, prepared: Prepared, origin: str
 
 def cmd_sendmail(args) -> int:
     options = _sendmail_options(args.args)
-    if not options["recipients"] and not options["from_header"]:
+    if not options.recipients and not options.from_header:
         raise UsageError("sendmail: no recipients (give addresses, or -t to read them "
                          "from the header)")
     runtime = load_runtime(args.config)
@@ -145,11 +145,11 @@ def cmd_sendmail(args) -> int:
     if len(raw) > runtime.config.limits.max_message_size:
         print("sendmail: message larger than [limits] max_message_size", file=sys.stderr)
         return EXIT_FAILURE
-    if options["dot_ends"]:
+    if options.dot_ends:
         raw = _cut_at_dot(raw)
     try:
-        prepared = prepare(raw, runtime.hostname, options["sender"], options["recipients"],
-                           options["from_header"], options["full_name"],
+        prepared = prepare(raw, runtime.hostname, options.sender, options.recipients,
+                           options.from_header, options.full_name,
                            runtime.router.primary_domain)
         if os.geteuid() == 0 or _queue_writable(runtime):
             become_mail_user(runtime)
@@ -159,23 +159,32 @@ def cmd_sendmail(args) -> int:
     except SubmitError as error:
         print(f"sendmail: {error}", file=sys.stderr)
         return EXIT_FAILURE
-    if options["verbose"]:
+    if options.verbose:
         print(f"sendmail: accepted by {accepted}")
     return EXIT_OK
 
 
-def _sendmail_options(args: list[str]) -> dict:
+@dataclass
+class SendmailOptions:
+    sender: str | None = None          # -f / -r; "" for the null sender (-f "<>")
+    full_name: str | None = None       # -F
+    from_header: bool = False          # -t: recipients from To/Cc/Bcc
+    dot_ends: bool = True              # without -i, a lone "." line ends the message
+    verbose: bool = False              # -v
+    recipients: list[str] = field(default_factory=list)
+
+
+def _sendmail_options(args: list[str]) -> SendmailOptions:
     """The sendmail(8) options cron, mailx and scripts use; others are refused."""
-    options = {"sender": None, "full_name": None, "from_header": False, "dot_ends": True,
-               "verbose": False, "recipients": []}
+    options = SendmailOptions()
     items = list(args)
     while items:
         arg = items.pop(0)
         if arg == "--":
-            options["recipients"] += items
+            options.recipients += items
             break
         if not arg.startswith("-") or arg == "-":
-            options["recipients"].append(arg)
+            options.recipients.append(arg)
             continue
         flag, value = arg[:2], arg[2:]
         if flag in ("-f", "-F", "-r"):
@@ -183,19 +192,22 @@ def _sendmail_options(args: list[str]) -> dict:
                 if not items:
                     raise UsageError(f"sendmail: {flag} needs a value")
                 value = items.pop(0)
-            options["full_name" if flag == "-F" else "sender"] = value
+            if flag == "-F":
+                options.full_name = value
+            else:
+                options.sender = value
         elif arg == "-t":
-            options["from_header"] = True
+            options.from_header = True
         elif arg in ("-i", "-oi"):
-            options["dot_ends"] = False
+            options.dot_ends = False
         elif arg == "-v":
-            options["verbose"] = True
+            options.verbose = True
         elif flag in ("-o", "-B") or arg in ("-odi", "-odb", "-odq", "-em", "-n"):
             continue                          # delivery modes and encodings: nothing to do
         else:
             raise UsageError(f"sendmail: unknown option {arg}")
-    if options["sender"] == "<>":
-        options["sender"] = ""
+    if options.sender == "<>":
+        options.sender = ""
     return options
 
 

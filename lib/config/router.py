@@ -221,7 +221,8 @@ class Router:
         if rule.kind == "mailbox":
             served = "serves every mailbox" if self._domains[domain] == ALL_MAILBOXES \
                 else "serves this mailbox"
-            return f"delivered to mailbox {rule.key} ({domain} {served}{'; ' + note if note else ''})"
+            extra = f"; {note}" if note else ""
+            return f"delivered to mailbox {rule.key} ({domain} {served}{extra})"
         if rule.kind == "alias":
             why = f"alias {rule.key} -> {', '.join(rule.targets)}{_paren(note)}"
         elif rule.kind == "bare alias":

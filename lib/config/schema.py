@@ -342,7 +342,7 @@ class Config:
     domains: Mapping[str, frozenset[str] | str]     # domain -> mailboxes or ALL_MAILBOXES
     mailboxes: Mapping[str, str]                     # name -> password hash
     aliases: Mapping[str, tuple[str, ...]]           # key as written (lower case) -> targets
-    lines: Mapping[tuple[str, str | None], int] = field(
+    lines: Mapping[tuple[str | None, str | None], int] = field(
         repr=False, compare=False, default_factory=lambda: MappingProxyType({}))
 
     def line_of(self, section: str, key: str | None = None) -> int | None:
@@ -369,14 +369,18 @@ def load(path: str | os.PathLike, tls_files: bool = True) -> Config:
     return parse(text, path, tls_files)
 
 
+class _CaseFoldingParser(configparser.ConfigParser):
+    def optionxform(self, optionstr: str) -> str:
+        return optionstr.lower()      # keys are case-insensitive, like the addresses
+
+
 def parse(text: str, path: Path, tls_files: bool = True) -> Config:
     """Validate INI `text` as if read from `path` (relative paths resolve against its folder)."""
     lines = _key_lines(text)
-    parser = configparser.ConfigParser(
+    parser = _CaseFoldingParser(
         interpolation=None, delimiters=("=",), comment_prefixes=(";", "#"),
         inline_comment_prefixes=(";", "#"), strict=True, empty_lines_in_values=False,
         default_section="\0no-default-section")
-    parser.optionxform = str.lower    # keys are case-insensitive, like the addresses
     try:
         parser.read_string(text, source=str(path))
     except configparser.Error as error:
@@ -405,9 +409,9 @@ def _parser_error(error: configparser.Error, path: Path) -> ConfigError:
     return ConfigError(None, None, str(error).splitlines()[0], path=str(path), line=line)
 
 
-def _key_lines(text: str) -> dict[tuple[str, str | None], int]:
+def _key_lines(text: str) -> dict[tuple[str | None, str | None], int]:
     """Where each section and key is written, so errors can point at the line."""
-    where: dict[tuple[str, str | None], int] = {}
+    where: dict[tuple[str | None, str | None], int] = {}
     section = None
     for number, raw in enumerate(text.splitlines(), start=1):
         stripped = raw.strip()
@@ -422,7 +426,7 @@ def _key_lines(text: str) -> dict[tuple[str, str | None], int]:
 
 
 def _build(parser: configparser.ConfigParser, path: Path,
-           lines: Mapping[tuple[str, str | None], int], tls_files: bool = True) -> Config:
+           lines: Mapping[tuple[str | None, str | None], int], tls_files: bool = True) -> Config:
     known = set(SCHEMA) | set(MAP_SECTIONS)
     for section in parser.sections():
         if section not in known:
@@ -511,7 +515,7 @@ def _finish_relay(relay: RelaySection, base: Path) -> RelaySection:
     tls_mode = relay.smarthost_tls
     if relay.smarthost:
         try:
-            smarthost = to_host_port(relay.smarthost, ip_only=False,
+            smarthost = to_host_port(str(relay.smarthost), ip_only=False,   # still the text here
                                      default_port=SMARTHOST_DEFAULT_PORT[tls_mode])
         except Invalid as error:
             raise ConfigError("relay", "smarthost", str(error)) from None

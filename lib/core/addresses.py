@@ -72,7 +72,7 @@ def format_local_part(local: str) -> str:
 
 def _parse_quoted(text: str, start: int, utf8: bool) -> tuple[str, int]:
     """Parse a Quoted-string at text[start] == '"'; return (literal, index after)."""
-    out = []
+    out: list[str] = []
     i = start + 1
     while i < len(text):
         ch = text[i]

@@ -13,8 +13,10 @@ import logging.handlers
 import os
 import queue
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import cast
 
 from .events import LOGGER_NAME, LineFormatter
 
@@ -48,22 +50,31 @@ class BatchingListener(logging.handlers.QueueListener):
         # Sleep and drain rather than block in get(): a thread blocked in get()
         # would have to be woken (a futex call and a context switch) for every
         # record a session puts on the queue.
-        records = self.queue
+        records = cast(queue.Queue, self.queue)      # configure() gives it a queue.Queue
+        sentinel = getattr(self, "_sentinel", None)  # what stop() puts on the queue (None)
         while True:
-            batch = []
+            batch: list = []
             try:
                 while len(batch) < BATCH:
                     batch.append(records.get_nowait())
             except queue.Empty:
                 pass
-            stop = any(item is self._sentinel for item in batch)
-            batch = [item for item in batch if item is not self._sentinel]
+            stop = any(item is sentinel for item in batch)
+            batch = [item for item in batch if item is not sentinel]
             for handler in self.handlers:
                 _emit_batch(handler, batch)
             if stop:
                 return
             if len(batch) < BATCH:
                 time.sleep(DRAIN_SECONDS)
+
+
+def _lock_of(handler: logging.Handler) -> threading.RLock:
+    lock = handler.lock
+    if lock is None:                  # only before createLock(), which __init__ calls
+        handler.createLock()
+        lock = handler.lock
+    return cast(threading.RLock, lock)
 
 
 def _emit_batch(handler: logging.Handler, batch: list[logging.LogRecord]) -> None:
@@ -76,7 +87,7 @@ def _emit_batch(handler: logging.Handler, batch: list[logging.LogRecord]) -> Non
             if isinstance(handler, ReopeningFileHandler):
                 handler.reopenIfNeeded()      # logrotate moved the file away
             text = "".join(handler.format(record) + handler.terminator for record in batch)
-            with handler.lock:
+            with _lock_of(handler):
                 handler.stream.write(text)
                 handler.flush()
             return
@@ -172,7 +183,7 @@ def reopen() -> None:
         for handler in _listener.handlers:
             if isinstance(handler, ReopeningFileHandler):
                 try:
-                    with handler.lock:
+                    with _lock_of(handler):
                         handler.reopenIfNeeded()
                 except OSError:
                     pass                     # reported by the log thread when it writes

@@ -35,7 +35,7 @@ class Daemon:
     def __init__(self, config_path: Path, runtime: Runtime, pid_file: Path | None = None):
         self.config_path = config_path
         self.runtime = runtime            # replaced whole by a reload; sessions keep theirs
-        self.services: Services | None = None   # made after the switch to [server] user
+        self._services: Services | None = None  # made after the switch to [server] user
         self.closing = threading.Event()
         self.log = EventLog("daemon")
         self.pid_file = pid_file or (Path(runtime.config.server.pid_file)
@@ -45,6 +45,13 @@ class Daemon:
         self._servers: dict[tuple, MailServer] = {}
         self.runner: QueueRunner | None = None
 
+    @property
+    def services(self) -> Services:
+        """The shared objects; only after prepare_storage (as the mail user)."""
+        if self._services is None:
+            raise RuntimeError("services used before prepare_storage()")
+        return self._services
+
     # ------------------------------------------------------------ start
 
     def prepare_storage(self) -> None:
@@ -52,7 +59,7 @@ class Daemon:
         everything made belongs to it and no symlink it planted is followed as root."""
         cfg = self.runtime.config
         try:
-            self.services = Services.create(cfg)
+            self._services = Services.create(cfg)
         except OSError as error:
             raise StartError(f"[server] data_dir: cannot use {cfg.server.data_dir}: "
                              f"{error.strerror} ({error.filename})") from None
@@ -68,7 +75,7 @@ class Daemon:
 
     def bind(self, listeners: list | None = None) -> list[MailServer]:
         """Open the listening sockets (all of the config's, or those given)."""
-        opened = []
+        opened: list[MailServer] = []
         for kind, address in listeners if listeners is not None else \
                 self.runtime.config.listen.listeners():
             try:

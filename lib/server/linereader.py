@@ -29,7 +29,7 @@ class LineReader:
         # the wait (timeout, shutdown).
         self.wait = wait
 
-    def _recv(self) -> bytes | None:
+    def _recv(self) -> memoryview | None:
         """One read from the socket; None when the client has gone."""
         first = True
         while True:
@@ -90,8 +90,8 @@ class LineReader:
             data = bytes(self._buf)
             self._buf.clear()
             return data
-        data = self._recv()
-        return b"" if data is None else bytes(data)
+        received = self._recv()
+        return b"" if received is None else bytes(received)
 
     def unread(self, data: bytes) -> None:
         self._buf[:0] = data

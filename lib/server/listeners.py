@@ -39,8 +39,10 @@ LISTEN_BACKLOG = 1024       # a burst of connections waits in the kernel, not re
 class App(Protocol):
     """What listeners need from the running daemon."""
     runtime: Runtime
-    services: Services
     closing: threading.Event     # set when remaining sessions must end now
+
+    @property
+    def services(self) -> Services: ...
 
 
 class ClientGone(Exception):

@@ -83,7 +83,7 @@ class Incoming:
     def readable_path(self) -> Path:
         """The file as written so far, complete on disk (for the content filter)."""
         self._temp.flush()
-        return self._temp.path
+        return Path(self._temp.path)
 
     def write(self, data: bytes, lines: int | None = None) -> None:
         if not self._head_done:
@@ -119,7 +119,7 @@ class Incoming:
                 # copies are on disk too, so a failure below can take it back.
                 self._temp.finish()
                 accepted.queue_id = intake.spool.enqueue_copy(
-                    self._temp.path, len(self._return_path), envelope, announce=False)
+                    Path(self._temp.path), len(self._return_path), envelope, announce=False)
             else:
                 accepted.queue_id = intake.spool.commit(self._temp, envelope)
                 return accepted

@@ -58,7 +58,7 @@ class TempMessage:
     """A message being written to a Maildir's tmp/. Feed it LF-only bytes."""
 
     def __init__(self, path: str | os.PathLike, base: str):
-        self.path = path
+        self.path: str = os.fspath(path)
         self.base = base            # the unique part of the final name
         self.size = 0               # octets in the file
         self.lines = 0              # LF characters, so the CRLF size is size + lines
@@ -342,9 +342,10 @@ class MaildirStore:
         and nothing else (every syscall is a moment another thread takes the GIL)."""
         fd = self._open_fd(message)
         try:
-            data = os.read(fd, message.octets or 0)
-            while len(data) < (message.octets or 0):       # a short read: rare, but legal
-                more = os.read(fd, message.octets - len(data))
+            octets = message.octets or 0
+            data = os.read(fd, octets)
+            while len(data) < octets:                     # a short read: rare, but legal
+                more = os.read(fd, octets - len(data))
                 if not more:
                     break
                 data += more
@@ -519,7 +520,7 @@ def _hashed_uid(unique: str) -> str:
     return "h" + hashlib.sha1(unique.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def pop3_size_of_file(path: Path) -> int:
+def pop3_size_of_file(path: str | os.PathLike) -> int:
     """Octets POP3 sends for a file with any line endings (CRLF, final CRLF added)."""
     counter = wire.CrlfCounter()
     with open(path, "rb") as source:
