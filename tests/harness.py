@@ -49,6 +49,7 @@ alice = {hash}
 
 [aliases]
 postmaster = bhayden
+root = bhayden
 sales@example.net = alice, bhayden
 @example.net = bhayden
 """

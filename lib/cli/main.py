@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import grp
 import json
 import os
+import pwd
 import sys
 from pathlib import Path
 
@@ -19,15 +21,19 @@ from ..core import passwords
 from ..core.addresses import AddressError, parse_mailbox
 from ..core.errors import ConfigError
 from ..session.runtime import load_runtime
-from .common import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, UsageError
+from ..store import datadir
+from .common import (
+    CONFIG_ENV,
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    SYSTEM_CONFIG,
+    UsageError,
+    find_config,
+)
+from .control import cmd_reload, cmd_status
 from .queue_commands import cmd_queue
 from .sendmail import cmd_sendmail
-
-CONFIG_ENV = "MAILBOX_APPLIANCE_CONFIG"
-
-
-def default_config_path(script_dir: Path) -> Path:
-    return Path(os.environ.get(CONFIG_ENV) or script_dir / "conf" / "mailbox_appliance.ini")
 
 
 def load_router(path: Path) -> Router:
@@ -38,9 +44,16 @@ def load_router(path: Path) -> Router:
 # ---------------------------------------------------------------- commands
 
 def cmd_check(args) -> int:
-    from .preflight import warnings
+    from .preflight import read_only_data_dir, warnings
     router = load_router(args.config)
-    for line in summary(router.config):
+    problem = datadir.refusal(router.config.server.data_dir) or \
+        read_only_data_dir(router.config)
+    if problem:
+        raise router.config.error("server", "data_dir", problem)
+    lines = summary(router.config)
+    print(lines[0])
+    print(f"config:     {args.config_choice.describe()}")
+    for line in lines[1:]:
         print(line)
     for warning in warnings(router.config):
         print(f"warning: {warning}")
@@ -76,17 +89,37 @@ def cmd_gencert(args) -> int:
               file=sys.stderr)
         return EXIT_FAILURE
     os.chmod(cert, 0o644)
-    print(f"wrote {cert} and {key} (self-signed for {hostname}, {args.days} days)")
+    readable_by = _share_key_with_mail_user(key, cfg.server.user)
+    print(f"wrote {cert} and {key} (self-signed for {hostname}, {args.days} days)"
+          + (f"; the key is readable by group {readable_by}" if readable_by else ""))
     print("put this in your INI file, then run check and reload:")
     print(f"[tls]\ncert = {cert}\nkey = {key}")
     return EXIT_OK
+
+
+def _share_key_with_mail_user(key: Path, user: str) -> str | None:
+    """The server reads the key again as [server] user on every reload: made by
+    root, it goes to root:<the user's group>, mode 0640. Returns that group."""
+    if os.geteuid() != 0 or not user:
+        return None
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        return None                                  # check reports the missing user
+    os.chown(key, 0, account.pw_gid)
+    os.chmod(key, 0o640)
+    try:
+        return grp.getgrgid(account.pw_gid).gr_name
+    except KeyError:
+        return str(account.pw_gid)
 
 
 def cmd_serve(args) -> int:
     from ..server.daemon import StartError, serve  # only `serve` needs the socket code
     runtime = load_runtime(args.config)
     try:
-        return serve(Path(args.config), runtime, args.pid_file)
+        return serve(Path(args.config), runtime, args.pid_file,
+                     config_source=args.config_choice.describe())
     except StartError as error:
         print(f"serve: {error}", file=sys.stderr)
         return EXIT_FAILURE
@@ -122,7 +155,9 @@ def cmd_route(args) -> int:
     router = load_router(args.config)
     for text in args.addresses:
         try:
-            resolution = router.resolve(parse_mailbox(text.strip(), utf8=True))
+            # a bare name ("root") is what cron and sendmail send: at the first local domain
+            qualified = text.strip() if "@" in text else f"{text.strip()}@{router.primary_domain}"
+            resolution = router.resolve(parse_mailbox(qualified, utf8=True))
         except AddressError as error:
             if args.json:
                 print(json.dumps({"address": text, "result": "rejected", "mailboxes": [],
@@ -156,8 +191,9 @@ def cmd_passwd(args) -> int:
 def build_parser(script_dir: Path) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", type=Path, default=argparse.SUPPRESS,
-                        help=f"the INI file (default: ${CONFIG_ENV}, else "
-                             "conf/mailbox_appliance.ini next to the script)")
+                        help=f"the INI file (default: ${CONFIG_ENV}, else {SYSTEM_CONFIG} "
+                             "when it exists, else conf/mailbox_appliance.ini next to "
+                             "the script)")
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show tracebacks")
     parser = argparse.ArgumentParser(
@@ -193,6 +229,15 @@ def build_parser(script_dir: Path) -> argparse.ArgumentParser:
     gencert.add_argument("--force", action="store_true", help="replace existing files")
     gencert.set_defaults(run=cmd_gencert)
 
+    reload = commands.add_parser(
+        "reload", parents=[common],
+        help="make the running server re-read the INI and print what it said")
+    reload.set_defaults(run=cmd_reload)
+
+    status = commands.add_parser("status", parents=[common],
+                                 help="is the server running? (its pid; exit 3 when not)")
+    status.set_defaults(run=cmd_status)
+
     queue = commands.add_parser("queue", parents=[common], help="the outbound queue")
     queue.add_argument("action", choices=("list", "flush", "remove"))
     queue.add_argument("id", nargs="?", help="queue id (for remove)")
@@ -215,9 +260,10 @@ def main(argv: list[str], script_dir: Path, program: str = "mailbox_appliance.py
     args = parser.parse_args(argv)
     if sendmail_args is not None:
         args.args = sendmail_args
-    args.config = getattr(args, "config", None) or default_config_path(script_dir)
     debug = getattr(args, "debug", False)
     try:
+        args.config_choice = find_config(getattr(args, "config", None), script_dir)
+        args.config = args.config_choice.path
         return args.run(args)
     except ConfigError as error:
         _report(error.one_line(), debug)
@@ -226,6 +272,11 @@ def main(argv: list[str], script_dir: Path, program: str = "mailbox_appliance.py
         _report(str(error), debug)
         return EXIT_USAGE
     except KeyboardInterrupt:
+        return EXIT_FAILURE
+    except BrokenPipeError:
+        # `check | head -1`: the reader left; nothing more to say, and Python must
+        # not complain when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILURE
     except Exception as error:     # the last line of defence: one line, no traceback
         _report(f"error: {type(error).__name__}: {error}", debug)

@@ -4,6 +4,7 @@ passwords, folders the mail user cannot write)."""
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
 import ssl
@@ -12,9 +13,12 @@ import time
 from pathlib import Path
 
 from ..checks.trust import is_loopback
+from ..config.router import LOCAL, Router
 from ..config.schema import Config
+from ..core.addresses import Address
 
 EXPIRY_WARNING_DAYS = 14
+SYSLOG_SOCKET = "/dev/log"
 
 
 def warnings(config: Config) -> list[str]:
@@ -24,6 +28,8 @@ def warnings(config: Config) -> list[str]:
     found += _clear_text_logins(config)
     found += _data_dir(config)
     found += _log_file(config)
+    found += _read_after_switch(config)
+    found += _root_reaches_a_mailbox(config)
     found += _dns_library(config)
     return found
 
@@ -107,22 +113,45 @@ def _data_dir(config: Config) -> list[str]:
     except KeyError:
         return [f"[server] user: there is no user {name!r} on this machine; serve will refuse "
                 "to start as root"]
-    folder = config.server.data_dir
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    folder = _existing(config.server.data_dir)
     if _writable_by(folder, account):
         return []
     if folder == config.server.data_dir:
         return [f"[server] data_dir: {folder} is not writable by {name}; serve started as "
-                f"root hands it over (chown -R), otherwise run: chown -R {name} {folder}"]
+                f"root hands it over (chown), otherwise run: chown {name} {folder}"]
     return [f"[server] data_dir: {config.server.data_dir} does not exist and {folder} is not "
             f"writable by {name}; serve started as root creates it"]
+
+
+def _existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def read_only_data_dir(config: Config) -> str | None:
+    """An error for check: the server could not keep a single message."""
+    folder = _existing(config.server.data_dir)
+    try:
+        read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    except OSError:
+        return None
+    if read_only:
+        return (f"{folder} is on a read-only file system: the server could not store mail "
+                "or its queue there")
+    return None
 
 
 def _log_file(config: Config) -> list[str]:
     """The log file is opened after the switch to [server] user."""
     name, target = config.server.user, config.server.log
-    if not name or target in ("stderr", "syslog"):
+    if target == "syslog":
+        if not os.path.exists(SYSLOG_SOCKET):
+            return [f"[server] log = syslog, but {SYSLOG_SOCKET} does not exist (no syslog "
+                    "daemon runs here): the server would log to stderr instead. Install "
+                    "rsyslog, or set log to a file"]
+        return []
+    if not name or target == "stderr":
         return []
     try:
         account = pwd.getpwnam(name)
@@ -150,6 +179,62 @@ def _writable_by(folder: Path, account: pwd.struct_passwd) -> bool:
     return bool(mode & stat.S_IWOTH)
 
 
+def _read_after_switch(config: Config) -> list[str]:
+    """Files the server reads again as [server] user on a reload: the INI and the
+    TLS files. Root can read them all, so check asks as that user."""
+    name = config.server.user
+    if os.geteuid() != 0 or not name:
+        return []
+    try:
+        account = pwd.getpwnam(name)
+    except KeyError:
+        return []                          # _data_dir reports the missing user
+    wanted = [("the INI file", config.path)]
+    if config.tls.cert and config.tls.key:
+        wanted += [("[tls] cert", config.tls.cert), ("[tls] key", config.tls.key)]
+    unreadable = _unreadable_as(account, [path for _, path in wanted])
+    group = _group_name(account.pw_gid)
+    return [f"{what}: {name} cannot read {path}, and the server reads it as {name} on every "
+            f"reload (the reload would fail and keep the old config): chgrp {group} {path} "
+            f"&& chmod g+r {path}"
+            for what, path in wanted if path in unreadable]
+
+
+def _unreadable_as(account: pwd.struct_passwd, paths: list[Path]) -> set[Path]:
+    """Which of `paths` the user cannot open for reading: tried in a child process
+    that really is that user (groups, traversal and ACLs all count)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                   # the child: become the user, try, report
+        try:
+            os.close(read_end)
+            os.setgroups(os.getgrouplist(account.pw_name, account.pw_gid))
+            os.setgid(account.pw_gid)
+            os.setuid(account.pw_uid)
+            failed = []
+            for index, path in enumerate(paths):
+                try:
+                    with open(path, "rb"):
+                        pass
+                except OSError:
+                    failed.append(str(index))
+            os.write(write_end, ",".join(failed).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as answer:
+        said = answer.read().decode()
+    os.waitpid(pid, 0)
+    return {paths[int(index)] for index in said.split(",") if index}
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
 def _dns_library(config: Config) -> list[str]:
     if config.relay.mode != "mx":
         return []
@@ -159,3 +244,14 @@ def _dns_library(config: Config) -> list[str]:
         return ["[relay] mode = mx needs the dnspython package for MX look-ups: "
                 "apt install python3-dnspython (or pip install dnspython)"]
     return []
+
+
+def _root_reaches_a_mailbox(config: Config) -> list[str]:
+    """cron mails root; without an alias that mail is refused."""
+    router = Router(config)
+    resolution = router.resolve(Address("root", router.primary_domain))
+    if resolution.result == LOCAL:
+        return []
+    return [f"root@{router.primary_domain} reaches no mailbox ({resolution.reason}): cron's "
+            "and the system's mail to root would be refused. Add to [aliases]: "
+            "root = <your mailbox> (and abuse, MAILER-DAEMON likewise)"]

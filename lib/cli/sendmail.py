@@ -10,8 +10,10 @@ import getpass
 import os
 import re
 import smtplib
+import socket
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..config.router import REJECTED
 from ..core import wire
@@ -22,6 +24,8 @@ from ..store.spool import new_id
 from .common import EXIT_FAILURE, EXIT_OK, UsageError, become_mail_user
 
 RECIPIENT_HEADERS = ("to", "cc", "bcc")
+SMTP_ENV = "MAILBOX_APPLIANCE_SMTP"        # host:port to submit to when the queue is out of reach
+NO_CONFIG_SIZE_LIMIT = 64 * 1024 * 1024   # without the INI; the server applies its own limit
 _HEADER_NAME = re.compile(rb"^([!-9;-~]+):")
 
 
@@ -32,8 +36,16 @@ class SubmitError(Exception):
 @dataclass
 class Prepared:
     message: bytes                  # LF line endings, header completed
-    sender: Address | None
-    recipients: list[Address]
+    sender: str                     # the envelope sender; "" for the null sender
+    recipients: list[str]           # addresses; bare names when no local domain is known
+
+    def parsed(self) -> tuple[Address | None, list[Address]]:
+        """The envelope as addresses, for handing to the intake."""
+        try:
+            sender = parse_mailbox(self.sender, utf8=True) if self.sender else None
+            return sender, [parse_mailbox(text, utf8=True) for text in self.recipients]
+        except AddressError as error:
+            raise SubmitError(f"bad address: {error}") from None
 
 
 def split_message(data: bytes) -> tuple[list[bytes], bytes]:
@@ -63,12 +75,13 @@ def _addresses(fields: list[bytes], names: tuple[str, ...]) -> list[str]:
     return [address for _, address in email.utils.getaddresses(values) if address]
 
 
-def default_sender(hostname: str) -> str:
+def default_sender(domain: str | None) -> str:
+    """Who runs the command, at the local domain (bare when none is known)."""
     try:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = f"uid{os.getuid()}"
-    return f"{user}@{hostname}"
+    return f"{user}@{domain}" if domain else user
 
 
 def prepare(raw: bytes, hostname: str, sender: str | None, recipients: list[str],
@@ -79,7 +92,7 @@ def prepare(raw: bytes, hostname: str, sender: str | None, recipients: list[str]
     data = converter.feed(raw) + converter.flush()
     fields, body = split_message(data)
     names = {_name(field) for field in fields}
-    envelope_from = sender if sender is not None else default_sender(hostname)
+    envelope_from = sender if sender is not None else default_sender(local_domain)
     wanted = list(recipients)
     if from_header_recipients:
         wanted += _addresses(fields, RECIPIENT_HEADERS)
@@ -88,7 +101,8 @@ def prepare(raw: bytes, hostname: str, sender: str | None, recipients: list[str]
         raise SubmitError("no recipients (give addresses, or -t to read them from the header)")
     added = []
     if "from" not in names:
-        author = envelope_from or f"MAILER-DAEMON@{hostname}"    # From needs a mailbox
+        author = (_qualified(envelope_from, local_domain or hostname) if envelope_from
+                  else f"MAILER-DAEMON@{hostname}")                 # From needs a mailbox
         shown = email.utils.formataddr((full_name, author)) if full_name else author
         added.append(f"From: {shown}".encode())
     if "date" not in names:
@@ -96,23 +110,31 @@ def prepare(raw: bytes, hostname: str, sender: str | None, recipients: list[str]
     if "message-id" not in names:
         added.append(f"Message-ID: {email.utils.make_msgid(domain=hostname)}".encode())
     message = b"\n".join(fields + added) + b"\n\n" + body
-    domain = local_domain or hostname
     # cron and mail(1) address local users by name alone ("root"): as sendmail
-    # does, such a name gets this server's own domain.
-    wanted = [text.strip() if "@" in text else f"{text.strip()}@{domain}" for text in wanted]
-    try:
-        envelope_sender = parse_mailbox(envelope_from, utf8=True) if envelope_from else None
-        parsed = [parse_mailbox(text, utf8=True) for text in dict.fromkeys(wanted)]
-    except AddressError as error:
-        raise SubmitError(f"bad address: {error}") from None
-    return Prepared(message, envelope_sender, parsed)
+    # does, such a name gets this server's own domain. Without one (the INI is
+    # not readable), the name goes as it is and the server qualifies it.
+    wanted = [_qualified(text.strip(), local_domain) for text in dict.fromkeys(wanted)]
+    envelope_from = _qualified(envelope_from, local_domain) if envelope_from else ""
+    for text in [envelope_from, *wanted]:
+        if not text:
+            continue
+        try:
+            parse_mailbox(text if "@" in text else f"{text}@{hostname}", utf8=True)
+        except AddressError as error:
+            raise SubmitError(f"bad address: {error}") from None
+    return Prepared(message, envelope_from, list(dict.fromkeys(wanted)))
+
+
+def _qualified(text: str, domain: str | None) -> str:
+    return text if "@" in text or not domain else f"{text}@{domain}"
 
 
 def submit(runtime: Runtime, services: Services, prepared: Prepared, origin: str) -> Accepted:
     """Deliver the local recipients and queue the rest, durably; raise SubmitError
     (nothing accepted) when a local recipient does not exist."""
+    sender, recipients = prepared.parsed()
     resolutions = []
-    for recipient in prepared.recipients:
+    for recipient in recipients:
         resolution = runtime.router.resolve(recipient)
         if resolution.result == REJECTED:
             raise SubmitError(f"{recipient}: {resolution.reason}")
@@ -120,9 +142,8 @@ def submit(runtime: Runtime, services: Services, prepared: Prepared, origin: str
     msg_id = new_id()
     header = (f"Received: by {runtime.hostname} (mailbox_appliance sendmail, {origin}) "
               f"id {msg_id}; {email.utils.formatdate(localtime=True)}\n").encode()
-    utf8 = not all(r.is_ascii for r in prepared.recipients) or \
-        (prepared.sender is not None and not prepared.sender.is_ascii)
-    incoming = services.intake.begin(msg_id, prepared.sender, Destinations.of(resolutions),
+    utf8 = not all(r.is_ascii for r in recipients) or (sender is not None and not sender.is_ascii)
+    incoming = services.intake.begin(msg_id, sender, Destinations.of(resolutions),
                                      header, utf8=utf8, origin={"sendmail": origin})
     try:
         incoming.write(prepared.message)
@@ -139,29 +160,50 @@ def cmd_sendmail(args) -> int:
     if not options.recipients and not options.from_header:
         raise UsageError("sendmail: no recipients (give addresses, or -t to read them "
                          "from the header)")
-    runtime = load_runtime(args.config)
     origin = f"uid {os.getuid()}"             # who ran it, before acting as the mail user
-    raw = sys.stdin.buffer.read(runtime.config.limits.max_message_size + 1)
-    if len(raw) > runtime.config.limits.max_message_size:
+    runtime = None if _unreadable(args.config) else load_runtime(args.config)
+    limit = runtime.config.limits.max_message_size if runtime else NO_CONFIG_SIZE_LIMIT
+    raw = sys.stdin.buffer.read(limit + 1)
+    if len(raw) > limit:
         print("sendmail: message larger than [limits] max_message_size", file=sys.stderr)
         return EXIT_FAILURE
     if options.dot_ends:
         raw = _cut_at_dot(raw)
     try:
-        prepared = prepare(raw, runtime.hostname, options.sender, options.recipients,
-                           options.from_header, options.full_name,
-                           runtime.router.primary_domain)
-        if os.geteuid() == 0 or _queue_writable(runtime):
-            become_mail_user(runtime)
-            accepted = submit(runtime, Services.create(runtime.config), prepared, origin).id
+        if runtime is None:
+            # The INI is the server's (640 root:mail): hand the message to the
+            # running server over SMTP, as nullmailer and msmtp do.
+            prepared = prepare(raw, socket.getfqdn(), options.sender, options.recipients,
+                               options.from_header, options.full_name, None)
+            accepted = _submit_over_smtp(_smtp_targets(None), prepared,
+                                         f"cannot read {args.config}")
         else:
-            accepted = _submit_over_smtp(runtime, prepared)
+            prepared = prepare(raw, runtime.hostname, options.sender, options.recipients,
+                               options.from_header, options.full_name,
+                               runtime.router.primary_domain)
+            if os.geteuid() == 0 or _queue_writable(runtime):
+                become_mail_user(runtime)
+                accepted = submit(runtime, Services.create(runtime.config), prepared, origin).id
+            else:
+                accepted = _submit_over_smtp(_smtp_targets(runtime), prepared,
+                                             "cannot write the queue")
     except SubmitError as error:
         print(f"sendmail: {error}", file=sys.stderr)
         return EXIT_FAILURE
     if options.verbose:
         print(f"sendmail: accepted by {accepted}")
     return EXIT_OK
+
+
+def _unreadable(path: Path) -> bool:
+    """The INI exists but this user may not read it (a missing one is an error)."""
+    try:
+        with open(path, "rb"):
+            return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False                  # load_runtime says what is wrong with it
 
 
 @dataclass
@@ -232,20 +274,45 @@ def _queue_writable(runtime) -> bool:
     return not os.path.isdir(queue) and os.access(data_dir, os.W_OK | os.X_OK)
 
 
-def _submit_over_smtp(runtime, prepared) -> str:
-    """A user who may not write the queue hands the message to the running
-    server's smtp listener on this machine instead."""
-    listeners = runtime.config.listen.smtp
-    if not listeners:
-        raise SubmitError("cannot write the queue and no [listen] smtp to hand the message to")
-    address = listeners[0]
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address.host, address.host)
-    try:
-        with smtplib.SMTP(host, address.port, timeout=60) as client:
-            client.sendmail(str(prepared.sender) if prepared.sender else "",
-                            [str(r) for r in prepared.recipients],
-                            prepared.message.replace(b"\n", b"\r\n"))
-    except (OSError, smtplib.SMTPException) as error:
-        raise SubmitError(f"cannot write the queue, and the server at {host}:{address.port} "
-                          f"did not take the message: {error}") from None
-    return f"the server at {host}:{address.port}"
+def _smtp_targets(runtime: Runtime | None) -> list[tuple[str, int]]:
+    """Where to hand a message over SMTP: $MAILBOX_APPLIANCE_SMTP (host:port), else
+    the config's first smtp listener, else port 25 on this machine."""
+    given = os.environ.get(SMTP_ENV, "").strip()
+    if given:
+        host, _, port = given.rpartition(":")
+        if not host or not port.isdigit():
+            raise SubmitError(f"${SMTP_ENV} must be host:port, not {given!r}")
+        return [(host.strip("[]"), int(port))]
+    if runtime is not None and runtime.config.listen.smtp:
+        address = runtime.config.listen.smtp[0]
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(address.host, address.host)
+        return [(host, address.port)]
+    return [("127.0.0.1", 25), ("::1", 25)]
+
+
+def _submit_over_smtp(targets: list[tuple[str, int]], prepared: Prepared, why: str) -> str:
+    """Hand the message to the running server's smtp listener on this machine,
+    trying each target in turn; the first that answers decides."""
+    tried = []
+    for host, port in targets:
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        try:
+            with smtplib.SMTP(host, port, timeout=60) as client:
+                client.sendmail(prepared.sender, prepared.recipients,
+                                prepared.message.replace(b"\n", b"\r\n"))
+            return f"the server at {where}"
+        except smtplib.SMTPRecipientsRefused as error:
+            refused = "; ".join(f"{address}: {code} {_text(said)}"
+                                for address, (code, said) in error.recipients.items())
+            raise SubmitError(f"the server at {where} refused {refused}") from None
+        except smtplib.SMTPResponseException as error:
+            raise SubmitError(f"the server at {where} refused the message: {error.smtp_code} "
+                              f"{_text(error.smtp_error)}") from None
+        except (OSError, smtplib.SMTPException) as error:
+            tried.append(f"{where} ({getattr(error, 'strerror', None) or error})")
+    raise SubmitError(f"{why}, and no server took the message over SMTP: tried "
+                      + ", ".join(tried) + f" (set ${SMTP_ENV}=host:port for another)")
+
+
+def _text(said: bytes | str) -> str:
+    return said.decode("utf-8", "replace") if isinstance(said, bytes) else said

@@ -10,6 +10,7 @@ checked for references here; the router checks its graph (loops, postmaster).
 from __future__ import annotations
 
 import configparser
+import difflib
 import ipaddress
 import os
 import re
@@ -430,7 +431,8 @@ def _build(parser: configparser.ConfigParser, path: Path,
     known = set(SCHEMA) | set(MAP_SECTIONS)
     for section in parser.sections():
         if section not in known:
-            raise ConfigError(section, None, f"unknown section (known: {', '.join(sorted(known))})")
+            raise ConfigError(section, None, f"unknown section{_nearest(section, known)} "
+                                             f"(known: {', '.join(sorted(known))})")
     base = path.resolve().parent
     values = {name: _typed_section(parser, name, cls, keys)
               for name, (cls, keys) in SCHEMA.items()}
@@ -449,12 +451,19 @@ def _build(parser: configparser.ConfigParser, path: Path,
         lines=MappingProxyType(dict(lines)))
 
 
+def _nearest(word: str, choices) -> str:
+    """ "; did you mean X?" for a likely typo, else nothing."""
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
 def _typed_section(parser, name: str, cls: type, keys: tuple[Key, ...]):
     given = dict(parser.items(name)) if parser.has_section(name) else {}
     names = {key.name for key in keys}
     for key in given:
         if key not in names:
-            raise ConfigError(name, key, f"unknown key (known: {', '.join(sorted(names))})")
+            raise ConfigError(name, key, f"unknown key{_nearest(key, names)} "
+                                         f"(known: {', '.join(sorted(names))})")
     converted = {}
     for key in keys:
         raw = given.get(key.name, key.default).strip()
@@ -542,7 +551,13 @@ def _finish_relay(relay: RelaySection, base: Path) -> RelaySection:
 
 
 def _map_items(parser, section: str) -> list[tuple[str, str]]:
-    return list(parser.items(section)) if parser.has_section(section) else []
+    items = list(parser.items(section)) if parser.has_section(section) else []
+    for key, _ in items:
+        if ":" in key and not key.startswith("["):     # "bob: $scrypt$..." (IPv6 routes have [ ])
+            raise ConfigError(section, key.split(":", 1)[0].strip(),
+                              "written with ':'; use '=' between the name and its value "
+                              f"({key.split(':', 1)[0].strip()} = ...)")
+    return items
 
 
 def _domain_key(section: str, key: str) -> str:

@@ -27,6 +27,12 @@ def server_context(config: Config) -> ssl.SSLContext | None:
     """
     if not config.tls.enabled:
         return None
+    for key, path in (("cert", config.tls.cert), ("key", config.tls.key)):
+        try:
+            with open(str(path), "rb"):          # name the file that cannot be read
+                pass
+        except OSError as error:
+            raise config.error("tls", key, f"cannot read {path}: {error.strerror}") from None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE

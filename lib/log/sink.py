@@ -8,6 +8,7 @@ lines go to stderr until it works again.
 
 from __future__ import annotations
 
+import errno
 import logging
 import logging.handlers
 import os
@@ -20,6 +21,8 @@ from typing import cast
 
 from .events import LOGGER_NAME, LineFormatter
 
+SYSLOG_SOCKET = "/dev/log"
+LOG_FILE_MODE = 0o640        # the log holds login names and addresses
 DRAIN_SECONDS = 0.05         # log lines reach the target at most this late
 BATCH = 4096                 # records written in one go at the most
 
@@ -50,7 +53,7 @@ class BatchingListener(logging.handlers.QueueListener):
         # Sleep and drain rather than block in get(): a thread blocked in get()
         # would have to be woken (a futex call and a context switch) for every
         # record a session puts on the queue.
-        records = cast(queue.Queue, self.queue)      # configure() gives it a queue.Queue
+        records = cast(queue.SimpleQueue, self.queue)  # what configure() gives it
         sentinel = getattr(self, "_sentinel", None)  # what stop() puts on the queue (None)
         while True:
             batch: list = []
@@ -121,6 +124,13 @@ class ReopeningFileHandler(logging.handlers.WatchedFileHandler):
     """Reopens the file when logrotate moves it away (WatchedFileHandler), and
     keeps trying after a reopen failed: the stock one gives up for good then."""
 
+    def _open(self):
+        # Created 0640 whatever the umask (the SysV script's is 022): the log
+        # holds login names and addresses.
+        fd = os.open(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+                     LOG_FILE_MODE)
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
     def reopenIfNeeded(self) -> None:
         if self.stream is None:
             self.stream = self._open()          # raises again while it cannot
@@ -135,9 +145,13 @@ def open_handler(target: str) -> logging.Handler:
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(LineFormatter())
     elif target == "syslog":
-        address = "/dev/log" if os.path.exists("/dev/log") else ("localhost", 514)
+        if not os.path.exists(SYSLOG_SOCKET):
+            # SysLogHandler would fall back to UDP localhost:514, where nothing listens
+            # on a box without a syslog daemon: every line would vanish unseen.
+            raise FileNotFoundError(errno.ENOENT, "no syslog daemon listens there "
+                                    "(install rsyslog, or set a log file)", SYSLOG_SOCKET)
         handler = logging.handlers.SysLogHandler(
-            address=address, facility=logging.handlers.SysLogHandler.LOG_MAIL)
+            address=SYSLOG_SOCKET, facility=logging.handlers.SysLogHandler.LOG_MAIL)
         handler.setFormatter(LineFormatter(with_time=False))
         handler.ident = "mailbox_appliance: "
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import faulthandler
 import os
 import pwd
@@ -20,6 +21,8 @@ from ..log import sink
 from ..log.events import EventLog
 from ..outbound.delivery import QueueRunner
 from ..session.runtime import Runtime, Services, load_runtime
+from ..store import datadir
+from ..store.datadir import DataDirError, ReloadStatus, ServerLock
 from .listeners import MailServer, SessionHandler
 
 FORCED_CLOSE_WAIT = 5.0      # after the grace period: time for handlers to say 421 and go
@@ -32,8 +35,10 @@ class StartError(Exception):
 class Daemon:
     """Every listener of one config, and the queue runner, in one process."""
 
-    def __init__(self, config_path: Path, runtime: Runtime, pid_file: Path | None = None):
+    def __init__(self, config_path: Path, runtime: Runtime, pid_file: Path | None = None,
+                 config_source: str = ""):
         self.config_path = config_path
+        self.config_source = config_source   # how the INI was found (cli.common.ConfigChoice)
         self.runtime = runtime            # replaced whole by a reload; sessions keep theirs
         self._services: Services | None = None  # made after the switch to [server] user
         self.closing = threading.Event()
@@ -44,6 +49,8 @@ class Daemon:
         self._reload = threading.Event()
         self._servers: dict[tuple, MailServer] = {}
         self.runner: QueueRunner | None = None
+        self._lock = ServerLock(runtime.config.server.data_dir)
+        self._reload_sequence = 0
 
     @property
     def services(self) -> Services:
@@ -84,10 +91,19 @@ class Daemon:
                 for server in opened:
                     server.server_close()
                 raise StartError(f"[listen] {kind}: cannot listen on {address}: "
-                                 f"{error.strerror or error}") from None
+                                 f"{error.strerror or error}{self._port_holder(error)}") from None
             opened.append(server)
             self._servers[(kind, address)] = server
         return opened
+
+    def _port_holder(self, error: OSError) -> str:
+        """Who has the port, when we can tell: the server of the pid file, usually."""
+        if error.errno != errno.EADDRINUSE:
+            return ""
+        pid = _pid_in(self.pid_file) if self.pid_file else None
+        if pid is not None and pid != os.getpid():
+            return f" (the mailbox_appliance server with pid {pid}, from {self.pid_file}, runs)"
+        return " (another program listens there; `ss -ltnp` shows which)"
 
     def start(self, servers: list[MailServer]) -> None:
         for server in servers:
@@ -105,9 +121,10 @@ class Daemon:
         signal.signal(signal.SIGHUP, self._on_reload_signal)
         # `kill -USR1 <pid>`: every thread's stack on stderr, for a server that seems stuck
         faulthandler.register(signal.SIGUSR1, all_threads=True)
+        make_data_dir(self.runtime.config)     # refuses a folder that is not the server's
+        self._lock_data_dir()                  # refuses a second server on the same data_dir
         servers = self.bind()                  # ports below 1024 need root
         self._write_pid_file()
-        make_data_dir(self.runtime.config)
         drop_privileges(self.runtime.config, self.log)
         server = self.runtime.config.server
         try:
@@ -115,9 +132,13 @@ class Daemon:
         except OSError as error:
             # Mail matters more than the log: serve on, logging to stderr.
             sink.configure("stderr", server.log_level)
+            where = f" ({error.filename})" if error.filename and \
+                str(error.filename) != server.log else ""
             self.log.error("log_unavailable", key="[server] log",
-                           error=f"cannot open {self.runtime.config.server.log}: "
-                                 f"{error.strerror or error}", using="stderr")
+                           error=f"cannot open {server.log}{where}: {error.strerror or error}",
+                           using="stderr")
+        self.log.info("starting", config=str(self.config_path), found=self.config_source,
+                      user=_user_name())
         if os.geteuid() == 0:
             self.log.warning("running_as_root", reason="[server] user is not set")
         self.prepare_storage()
@@ -126,14 +147,16 @@ class Daemon:
         self.runner.start()
         self.log.info("started", pid=os.getpid(), config=str(self.config_path),
                       hostname=self.runtime.hostname, user=_user_name())
+        self._write_reload_status(True, "started")
         while not self._stop.is_set():
             self._stop.wait(0.2)
             if self._reload.is_set():
                 self._reload.clear()
                 try:
                     self.reload()
-                except Exception:               # a reload must never take the server down
+                except Exception as error:      # a reload must never take the server down
                     self.log.exception("reload_failed", kept="the running config")
+                    self._answer_reload(False, f"internal error: {type(error).__name__}")
         self.stop()
         return 0
 
@@ -152,6 +175,7 @@ class Daemon:
             runtime = load_runtime(self.config_path)
         except ConfigError as error:
             self.log.error("reload_failed", error=error.one_line(), kept="the running config")
+            self._answer_reload(False, error.one_line())
             return False
         old = self.runtime
         if runtime.config.server.data_dir != old.config.server.data_dir:
@@ -162,9 +186,11 @@ class Daemon:
             try:
                 sink.configure(runtime.config.server.log, runtime.config.server.log_level)
             except OSError as error:
-                self.log.error("reload_failed", key="[server] log",
-                               error=f"cannot open {runtime.config.server.log}: {error}",
+                problem = f"[server] log: cannot open {runtime.config.server.log}: " \
+                          f"{error.strerror or error}"
+                self.log.error("reload_failed", key="[server] log", error=problem,
                                kept="the running config")
+                self._answer_reload(False, problem)
                 return False
         else:
             sink.reopen()
@@ -180,10 +206,42 @@ class Daemon:
             self.start(self.bind(added))
         except StartError as error:
             self.log.error("reload_listener_failed", error=str(error))
+            self._answer_reload(False, f"{error}; the rest of the new config is in use")
+            return False
         self.log.info("reloaded", config=str(self.config_path),
                       listeners=len(self._servers), mailboxes=len(runtime.config.mailboxes),
                       domains=len(runtime.config.domains))
+        self._answer_reload(True, f"{self.config_path}: {len(runtime.config.domains)} domains, "
+                                  f"{len(runtime.config.mailboxes)} mailboxes, "
+                                  f"{len(self._servers)} listeners")
         return True
+
+    def _answer_reload(self, ok: bool, message: str) -> None:
+        """Tell `mailbox_appliance.py reload` (which waits for this file) what happened."""
+        self._reload_sequence += 1
+        self._write_reload_status(ok, message)
+
+    def _write_reload_status(self, ok: bool, message: str) -> None:
+        status = ReloadStatus(pid=os.getpid(), sequence=self._reload_sequence, ok=ok,
+                              message=message, time=time.time())
+        try:
+            status.write(self.runtime.config.server.data_dir)
+        except OSError as error:
+            self.log.warning("reload_status_unwritable", error=str(error))
+
+    def _lock_data_dir(self) -> None:
+        config = self.runtime.config
+        owner = None
+        if os.geteuid() == 0 and config.server.user:
+            account = pwd.getpwnam(config.server.user)     # make_data_dir checked it exists
+            owner = (account.pw_uid, account.pw_gid)
+        try:
+            self._lock.acquire(owner)
+        except DataDirError as error:
+            raise StartError(f"[server] data_dir: {error}") from None
+        except OSError as error:
+            raise StartError(f"[server] data_dir: cannot lock {self._lock.path}: "
+                             f"{error.strerror or error}") from None
 
     def close_listeners(self) -> None:
         for server in self._servers.values():
@@ -209,18 +267,30 @@ class Daemon:
         if self.runner is not None:
             self.runner.stop(timeout=FORCED_CLOSE_WAIT)
         self._remove_pid_file()
+        self._lock.release()
         self.log.info("stopped", remaining=connections.total)
 
     def _write_pid_file(self) -> None:
         if self.pid_file is None:
             return
         try:
-            self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+            self._make_pid_folder(self.pid_file.parent)
             replace_durably(self.pid_file, f"{os.getpid()}\n".encode(), self.pid_file.parent)
             os.chmod(self.pid_file, 0o644)
         except OSError as error:
             raise StartError(f"[server] pid_file: cannot write {self.pid_file}: "
                              f"{error.strerror}") from None
+
+    def _make_pid_folder(self, folder: Path) -> None:
+        """A pid file's folder that we create is the mail user's, so that the server
+        can remove its pid file at exit (e.g. /run/mailbox-appliance/)."""
+        if folder.exists():
+            return
+        folder.mkdir(mode=0o755, parents=True)
+        user = self.runtime.config.server.user
+        if os.geteuid() == 0 and user:
+            account = pwd.getpwnam(user)
+            os.lchown(folder, account.pw_uid, account.pw_gid)
 
     def _remove_pid_file(self) -> None:
         if self.pid_file is None:
@@ -229,7 +299,17 @@ class Daemon:
             if self.pid_file.read_text().strip() == str(os.getpid()):
                 self.pid_file.unlink()
         except OSError:
-            pass          # written as root, and we are the mail user now: the init script cleans
+            pass          # a folder the mail user cannot write: the init script cleans up
+
+
+def _pid_in(pid_file: Path) -> int | None:
+    """The pid in a pid file, when that process is alive and runs this program."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if b"mailbox_appliance" in command else None
 
 
 def _import_before_dropping_root(config: Config) -> None:
@@ -248,10 +328,16 @@ def _import_before_dropping_root(config: Config) -> None:
 def make_data_dir(config: Config) -> None:
     """Create data_dir (as root, before the switch) and give it to [server] user."""
     data_dir = config.server.data_dir
+    problem = datadir.refusal(data_dir)
+    if problem:
+        raise StartError(f"[server] data_dir: {problem}")
     try:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as error:
         raise StartError(f"[server] data_dir: cannot create {data_dir}: {error.strerror}") from None
+    if not os.access(data_dir, os.W_OK):
+        why = "is on a read-only file system" if _read_only(data_dir) else "is not writable"
+        raise StartError(f"[server] data_dir: {data_dir} {why}")
     if os.geteuid() == 0 and config.server.user:
         try:
             account = pwd.getpwnam(config.server.user)
@@ -288,15 +374,26 @@ def drop_privileges(config: Config, log: EventLog | None = None) -> None:
 
 
 def _give_to(data_dir: Path, uid: int, gid: int) -> None:
-    """chown -R data_dir to the mail user where it (or its two top folders) is
-    someone else's. Symlinks are changed themselves, never followed."""
-    tops = [data_dir, data_dir / "mail", data_dir / "queue"]
-    if all(not top.exists() or top.lstat().st_uid == uid for top in tops):
+    """Give data_dir and what the server owns inside it (never anything else)
+    to the mail user, where they are someone else's. Symlinks are changed
+    themselves, never followed."""
+    tops = [data_dir, *datadir.owned_paths(data_dir)]
+    if all(top.lstat().st_uid == uid for top in tops):
         return
     os.lchown(data_dir, uid, gid)
-    for folder, dirs, files in os.walk(data_dir):         # does not follow symlinks
-        for name in dirs + files:
-            os.lchown(os.path.join(folder, name), uid, gid)
+    for top in tops[1:]:
+        os.lchown(top, uid, gid)
+        if top.is_dir() and not top.is_symlink():
+            for folder, dirs, files in os.walk(top):     # does not follow symlinks
+                for name in dirs + files:
+                    os.lchown(os.path.join(folder, name), uid, gid)
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _user_name() -> str:
@@ -316,11 +413,12 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
         pass
 
 
-def serve(config_path: Path, runtime: Runtime, pid_file: Path | None = None) -> int:
+def serve(config_path: Path, runtime: Runtime, pid_file: Path | None = None,
+          config_source: str = "") -> int:
     """Run the daemon; the log is set up once it runs as the mail user."""
     limit_malloc_arenas()
     try:
-        return Daemon(config_path, runtime, pid_file).run()
+        return Daemon(config_path, runtime, pid_file, config_source).run()
     finally:
         sink.stop()
 

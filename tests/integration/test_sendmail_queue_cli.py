@@ -29,7 +29,7 @@ from ..outbound import (  # noqa: F401
 
 ALICE = "alice@example.org"
 LATER = "later@remote.example"          # the sink always answers 451 for this one
-ME = f"{getpass.getuser()}@mail.example.org"     # sendmail's default sender
+ME = f"{getpass.getuser()}@example.org"     # sendmail's default sender: the first local domain
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ def test_bare_local_names_get_the_local_domain():
     prepared = prepare(b"Subject: x\n\nbody\n", "mail.example.org", "", ["root", "a@b.example"],
                        False, local_domain="example.org")
     assert [str(r) for r in prepared.recipients] == ["root@example.org", "a@b.example"]
-    assert prepared.sender is None
+    assert prepared.sender == ""
     assert b"From: MAILER-DAEMON@mail.example.org" in prepared.message
 
 
