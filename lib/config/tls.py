@@ -8,6 +8,15 @@ from dataclasses import dataclass
 
 from .schema import Config
 
+# Mozilla's "intermediate" set for TLS 1.2 (ssl-config.mozilla.org, v5.7): forward
+# secrecy and AEAD only, so no CBC suite (LUCKY13 and friends) is ever offered.
+INTERMEDIATE_TLS12_CIPHERS = ":".join((
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+    "DHE-RSA-AES128-GCM-SHA256", "DHE-RSA-AES256-GCM-SHA384", "DHE-RSA-CHACHA20-POLY1305",
+))
+
 
 @dataclass(frozen=True)
 class TlsInfo:
@@ -36,6 +45,7 @@ def server_context(config: Config) -> ssl.SSLContext | None:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    context.set_ciphers(INTERMEDIATE_TLS12_CIPHERS)     # TLS 1.3 suites are all AEAD anyway
     try:
         context.load_cert_chain(str(config.tls.cert), str(config.tls.key))
     except ssl.SSLError as error:

@@ -4,7 +4,8 @@
 
 `comp` is the component (smtp, pop3, delivery, queue, daemon, listener); `session`
 ties the lines of one connection together, `msg` those of one message across
-SMTP, queue and delivery. Values with spaces, quotes or '=' are quoted.
+SMTP, queue and delivery. Values with spaces, quotes or '=' are quoted, and
+nothing a client sent reaches the log as a control character.
 """
 
 from __future__ import annotations
@@ -17,14 +18,25 @@ LOGGER_NAME = "mailbox_appliance"
 
 
 _NEEDS_QUOTES = re.compile(r'[^\x21-\x7e]|["=\\]')
+# What a client can send that would act on a terminal or a log viewer instead of
+# showing: C0 and C1 controls, DEL, and Unicode's invisible and direction-changing
+# marks. Each is written as \xNN or \uNNNN (as Postfix's printable() guards its log).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]")
+_SHORT_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match) -> str:
+    char = match.group()
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def _quote(value) -> str:
     text = value if isinstance(value, str) else str(value)
     if text and not _NEEDS_QUOTES.search(text):
         return text
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") \
-        .replace("\r", "\\r").replace("\t", "\\t")
+    escaped = re.sub(r'[\\"\n\r\t]', lambda m: _SHORT_ESCAPES[m.group()], text)
+    escaped = _UNPRINTABLE.sub(_escape, escaped)
     if not escaped.isascii():
         # Bytes a client sent that were not UTF-8 arrive as lone surrogates
         # (surrogateescape); they become \xNN, since the log file is UTF-8.

@@ -495,3 +495,4 @@ def test_readme_stands_alone():
     text = (ROOT / "README.md").read_text()
     assert "../shared" not in text and "DESIGN.md" not in text
     assert "pidof" not in text
+

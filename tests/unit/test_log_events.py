@@ -24,3 +24,11 @@ def test_undecodable_client_bytes_become_escapes():
 
 def test_utf8_values_stay_readable():
     assert format_fields({"to": "jösé@example.org"}) == 'to="jösé@example.org"'
+
+
+def test_control_characters_from_clients_are_escaped():
+    line = format_fields({"helo": "x\x1b[31mred\x1b]0;title\x07", "name": "a\x00b\x7f\x85",
+                          "bidi": "abc\u202edef", "bad": b"\xff".decode("utf-8", "surrogateescape")})
+    assert line == ('helo="x\\x1b[31mred\\x1b]0;title\\x07" name="a\\x00b\\x7f\\x85" '
+                    'bidi="abc\\u202edef" bad="\\xff"')
+    assert line.isprintable()
