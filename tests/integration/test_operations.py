@@ -89,7 +89,7 @@ def installed(public_folder) -> Path:
     shutil.copy2(SCRIPT, home / "mailbox_appliance.py")
     shutil.copytree(ROOT / "lib", home / "lib",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    for folder, dirs, files in os.walk(public_folder):
+    for folder, _dirs, files in os.walk(public_folder):
         os.chmod(folder, 0o755)
         for name in files:
             os.chmod(os.path.join(folder, name), 0o644)

@@ -27,8 +27,9 @@ def test_utf8_values_stay_readable():
 
 
 def test_control_characters_from_clients_are_escaped():
+    not_utf8 = b"\xff".decode("utf-8", "surrogateescape")
     line = format_fields({"helo": "x\x1b[31mred\x1b]0;title\x07", "name": "a\x00b\x7f\x85",
-                          "bidi": "abc\u202edef", "bad": b"\xff".decode("utf-8", "surrogateescape")})
+                          "bidi": "abc\u202edef", "bad": not_utf8})
     assert line == ('helo="x\\x1b[31mred\\x1b]0;title\\x07" name="a\\x00b\\x7f\\x85" '
                     'bidi="abc\\u202edef" bad="\\xff"')
     assert line.isprintable()
