@@ -139,6 +139,9 @@ class StoredMessage(NamedTuple):
         return os.path.join(self.folder, self.name)
 
 
+MAX_CREATE_ATTEMPTS = 5     # a unique name taken, or a tmp/ removed under us: try again
+
+
 class MaildirStore:
     """All the Maildirs under one root (`<data_dir>/mail`)."""
 
@@ -161,11 +164,13 @@ class MaildirStore:
         return self.root / mailbox
 
     def ensure(self, mailbox: str) -> Path:
-        """Create the Maildir (0700) when it does not exist yet; return its path."""
+        """Create the Maildir (0700), or whichever of tmp/, new/ and cur/ is
+        missing, as Dovecot and Postfix's virtual do; return its path. A mailbox
+        whose Maildir was deleted is then simply empty."""
         base = self.path(mailbox)
         if mailbox in self._known:
             return base
-        if not (base / "cur").is_dir():
+        if not all(os.path.isdir(base / sub) for sub in ("tmp", "new", "cur")):
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)   # no listing of names
             for sub in ("", "tmp", "new", "cur"):
                 (base / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -189,16 +194,15 @@ class MaildirStore:
 
     def begin(self, mailbox: str) -> TempMessage:
         """A new message file in `mailbox`'s tmp/, to be committed or discarded."""
-        while True:
+        for _ in range(MAX_CREATE_ATTEMPTS):
             base = self._unique_base()
             try:
                 return TempMessage(os.path.join(self._dir(mailbox, "tmp"), base), base)
             except FileExistsError:
                 continue
-            except FileNotFoundError:           # the Maildir was removed under us
-                if mailbox not in self._known:
-                    raise
-                self._known.discard(mailbox)
+            except FileNotFoundError:           # the Maildir, or its tmp/, was removed
+                self._known.discard(mailbox)    # ensure() makes it again
+        raise OSError(errno.EIO, f"cannot create a file in {self.path(mailbox)}/tmp")
 
     def commit(self, temp: TempMessage, mailboxes: Iterable[str]) -> dict[str, str]:
         """Make `temp` a message in every mailbox; return {mailbox: file name}.
@@ -211,21 +215,37 @@ class MaildirStore:
             temp.finish()
             temp.close()
             name = temp.final_name()
-            created = {}
-            for number, mailbox in enumerate(targets):
-                last = number == len(targets) - 1       # the last copy takes the file itself
-                try:
-                    _publish(temp.path, os.path.join(self._dir(mailbox, "new"), name), last)
-                except FileNotFoundError:       # the Maildir was removed under us
-                    self._known.discard(mailbox)
-                    _publish(temp.path, os.path.join(self._dir(mailbox, "new"), name), last)
-                temp.moved = last
-                created[mailbox] = name
-            for mailbox in targets:
-                self.syncer.sync(self._dir(mailbox, "new"))
+            created: dict[str, str] = {}
+            try:
+                for number, mailbox in enumerate(targets):
+                    last = number == len(targets) - 1   # the last copy takes the file itself
+                    try:
+                        _publish(temp.path, os.path.join(self._dir(mailbox, "new"), name), last)
+                    except FileNotFoundError:       # the Maildir was removed under us
+                        self._known.discard(mailbox)
+                        _publish(temp.path, os.path.join(self._dir(mailbox, "new"), name), last)
+                    temp.moved = last
+                    created[mailbox] = name
+                for mailbox in targets:
+                    self.syncer.sync(self._dir(mailbox, "new"))
+            except BaseException:
+                # All or nothing: the client hears 4xx and sends again, so no
+                # mailbox may keep a copy of this attempt.
+                self._take_back(created)
+                raise
         finally:
             temp.discard()
         return created
+
+    def _take_back(self, created: dict[str, str]) -> None:
+        for mailbox, name in created.items():
+            try:
+                os.unlink(os.path.join(self.path(mailbox), "new", name))
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue                 # cannot undo: the retry may duplicate, never lose
+            self.syncer.sync(self.path(mailbox) / "new")
 
     def deliver(self, mailboxes: Iterable[str], data: bytes | Iterable[bytes]) -> dict[str, str]:
         """Deliver a whole message (any line endings) to `mailboxes`, durably."""
@@ -275,7 +295,12 @@ class MaildirStore:
         """
         base = str(self.ensure(mailbox))
         folders = (os.path.join(base, "new"), os.path.join(base, "cur"))
-        stamps = tuple(os.stat(folder).st_mtime_ns for folder in folders)
+        try:
+            stamps = tuple(os.stat(folder).st_mtime_ns for folder in folders)
+        except FileNotFoundError:               # removed since we last looked: make it again
+            self._known.discard(mailbox)
+            base = str(self.ensure(mailbox))
+            stamps = tuple(os.stat(folder).st_mtime_ns for folder in folders)
         with self._cache_lock:
             cached = self._snapshots.get(base)
         if cached is not None and cached[0] == stamps:
@@ -405,7 +430,11 @@ class MaildirStore:
         holder closes it or its process dies, so a crash never leaves a stale lock.
         """
         path = self.ensure(mailbox) / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except FileNotFoundError:               # the Maildir was removed: make it again
+            self._known.discard(mailbox)
+            fd = os.open(self.ensure(mailbox) / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:

@@ -3,10 +3,16 @@ server, and the faults it now repairs or survives."""
 
 from __future__ import annotations
 
+import poplib
+import shutil
+import smtplib
 import socket
 import ssl
+import subprocess
 
 import pytest
+
+from ..support import PASSWORD
 
 # ---------------------------------------------------------------- TLS
 
@@ -35,3 +41,48 @@ def test_aead_suites_and_tls13_are_offered(servers, certificate):
             with context.wrap_socket(raw, server_hostname="mail.example.org") as tls:
                 assert tls.recv(100).startswith(b"+OK")
                 assert "GCM" in tls.cipher()[0] or tls.version() == "TLSv1.3"
+
+
+# ---------------------------------------------------------------- broken Maildirs
+
+def _send(port: int, to: list[str], subject: str) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=20) as client:
+        client.sendmail("sender@example.com", to, f"Subject: {subject}\r\n\r\nbody\r\n")
+
+
+@pytest.mark.parametrize("missing", ["tmp", "new", "cur", ""])
+def test_a_maildir_missing_a_folder_repairs_itself(servers, missing):
+    server = servers(listen={"smtp": "127.0.0.1:0", "pop3": "127.0.0.1:0"})
+    _send(server.port("smtp"), ["alice@example.org"], "first")
+    maildir = server.data / "mail" / "alice"
+    shutil.rmtree(maildir / missing)                  # "" removes the whole Maildir
+    _send(server.port("smtp"), ["alice@example.org"], "second")
+    client = poplib.POP3("127.0.0.1", server.port("pop3"), timeout=20)
+    try:
+        client.user("alice")
+        client.pass_(PASSWORD)
+        expected = 2 if missing in ("tmp", "cur") else 1     # new/ held the first message
+        assert client.stat()[0] == expected
+    finally:
+        client.quit()
+    for sub in ("tmp", "new", "cur"):
+        assert (maildir / sub).is_dir(), sub
+    assert "Traceback" not in server.log_text()
+
+
+def test_a_copy_that_fails_takes_back_the_others(servers):
+    server = servers()
+    _send(server.port(), ["alice@example.org", "bhayden@example.org"], "warm up")
+    blocked = server.data / "mail" / "bhayden" / "new"
+    blocked.chmod(0o500)                              # root ignores modes: use the immutable bit
+    subprocess.run(["chattr", "+i", str(blocked)], check=True)
+    try:
+        for _ in range(3):
+            with pytest.raises(smtplib.SMTPDataError) as refused:
+                _send(server.port(), ["alice@example.org", "bhayden@example.org"], "retry me")
+            assert refused.value.smtp_code == 451
+    finally:
+        subprocess.run(["chattr", "-i", str(blocked)], check=True)
+        blocked.chmod(0o700)
+    assert len(server.messages("alice")) == 1         # only the warm-up: no partial copies
+    assert len(server.messages("bhayden")) == 1
