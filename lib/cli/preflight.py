@@ -24,6 +24,8 @@ SYSLOG_SOCKET = "/dev/log"
 def warnings(config: Config) -> list[str]:
     found: list[str] = []
     found += _readable_secrets(config)
+    found += _writable_config(config)
+    found += _root_without_user(config)
     found += _certificate(config)
     found += _clear_text_logins(config)
     found += _data_dir(config)
@@ -48,6 +50,52 @@ def _readable_secrets(config: Config) -> list[str]:
         return [f"{config.path} is readable by every user (mode {stat.S_IMODE(mode):o}) "
                 f"and holds {' and '.join(secrets)}: chmod 640 it (owner root, group of "
                 f"[server] user)"]
+    return []
+
+
+def _writable_config(config: Config) -> list[str]:
+    """Whoever may change the INI decides what root does at start (data_dir,
+    user, pid_file) and which program runs on every message (filter_command)."""
+    found = []
+    for path, what in ((config.path, "the INI file"), (config.path.parent, "the INI's folder")):
+        try:
+            info = path.stat()
+        except OSError:
+            continue
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & (stat.S_IWGRP | stat.S_IWOTH) and not (path.is_dir() and mode & stat.S_ISVTX):
+            who = "every user" if mode & stat.S_IWOTH else f"group {_group_name(info.st_gid)}"
+            found.append(f"{what} {path} is writable by {who} (mode {mode:o}): whoever can "
+                         f"change it controls the server; chmod go-w {path}")
+    user = config.server.user
+    if user:
+        try:
+            account = pwd.getpwnam(user)
+        except KeyError:
+            return found
+        if account.pw_uid != 0 and config.path.stat().st_uid == account.pw_uid:
+            found.append(f"{config.path} belongs to [server] user {user}: a break-in as that "
+                         "user could rewrite it (filter_command, data_dir) for the next "
+                         f"start as root; chown root {config.path}")
+    if config.tls.key:
+        try:
+            key_mode = stat.S_IMODE(config.tls.key.stat().st_mode)
+        except OSError:
+            key_mode = 0
+        if key_mode & stat.S_IROTH:
+            found.append(f"[tls] key: {config.tls.key} is readable by every user (mode "
+                         f"{key_mode:o}): anyone on this machine could impersonate the "
+                         f"server; chmod 640 {config.tls.key}")
+    return found
+
+
+def _root_without_user(config: Config) -> list[str]:
+    if config.server.user == "root":
+        return ["[server] user = root: serve refuses to run as root after the switch; "
+                "set it to the mail user (e.g. user = mail)"]
+    if os.geteuid() == 0 and not config.server.user:
+        return ["[server] user is not set: started as root, serve would keep running as "
+                "root; set it to the mail user (e.g. user = mail)"]
     return []
 
 

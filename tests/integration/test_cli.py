@@ -91,7 +91,7 @@ def test_bad_usage_is_exit_2():
 
 def test_route_plain_text_explains():
     result = run("route", "BHayden+lists@Example.NET", "sales@example.net",
-                 "nobody@example.org", "x@gmail.example", "foo@example.net", "not-an-address")
+                 "nobody@example.org", "x@gmail.example", "foo@example.net", "not an@address@")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 6
@@ -101,7 +101,7 @@ def test_route_plain_text_explains():
     assert lines[2].startswith("nobody@example.org -> rejected:") and "550 5.1.1" in lines[2]
     assert lines[3].startswith("x@gmail.example -> remote:")
     assert "catch-all @example.net" in lines[4]
-    assert lines[5].startswith("not-an-address -> rejected: not an address")
+    assert lines[5].startswith("not an@address@ -> rejected: not an address")
 
 
 def test_route_json_one_object_per_line():

@@ -3,16 +3,22 @@ server, and the faults it now repairs or survives."""
 
 from __future__ import annotations
 
+import os
 import poplib
+import pwd
 import shutil
 import smtplib
 import socket
 import ssl
 import subprocess
+import sys
 
 import pytest
 
+from ..harness import SCRIPT, config_text
 from ..support import PASSWORD
+
+NOBODY = pwd.getpwnam("nobody")
 
 # ---------------------------------------------------------------- TLS
 
@@ -86,3 +92,42 @@ def test_a_copy_that_fails_takes_back_the_others(servers):
         blocked.chmod(0o700)
     assert len(server.messages("alice")) == 1         # only the warm-up: no partial copies
     assert len(server.messages("bhayden")) == 1
+
+
+# ---------------------------------------------------------------- check's warnings
+
+def _warnings(ini) -> list[str]:
+    result = subprocess.run([sys.executable, str(SCRIPT), "-c", str(ini), "check"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [line for line in result.stdout.splitlines() if line.startswith("warning: ")]
+
+
+def test_check_warns_about_an_ini_others_can_change(tmp_path):
+    folder = tmp_path / "etc"
+    folder.mkdir()
+    ini = folder / "server.ini"
+    ini.write_text(config_text(tmp_path).replace("log_level = debug",
+                                                 "log_level = debug\nuser = nobody"))
+    ini.chmod(0o660)
+    assert any(f"the INI file {ini} is writable by group" in w for w in _warnings(ini))
+    ini.chmod(0o640)
+    folder.chmod(0o777)
+    assert any(f"the INI's folder {folder} is writable by every user" in w
+               for w in _warnings(ini))
+    folder.chmod(0o755)
+    os.chown(ini, NOBODY.pw_uid, 0)
+    assert any(f"{ini} belongs to [server] user nobody" in w for w in _warnings(ini))
+    os.chown(ini, 0, 0)
+    assert not any("INI" in w or "belongs to" in w for w in _warnings(ini))
+
+
+def test_check_warns_about_a_key_everyone_can_read_and_root_without_user(tmp_path, certificate):
+    ini = tmp_path / "server.ini"
+    key = tmp_path / "key.pem"
+    shutil.copy(certificate[1], key)
+    key.chmod(0o644)
+    ini.write_text(config_text(tmp_path, tls=(certificate[0], key)))
+    found = _warnings(ini)
+    assert any(f"[tls] key: {key} is readable by every user" in w for w in found)
+    assert any("[server] user is not set: started as root" in w for w in found)
