@@ -119,7 +119,7 @@ def test_check_warns_about_an_ini_others_can_change(tmp_path):
     os.chown(ini, NOBODY.pw_uid, 0)
     assert any(f"{ini} belongs to [server] user nobody" in w for w in _warnings(ini))
     os.chown(ini, 0, 0)
-    assert not any("INI" in w or "belongs to" in w for w in _warnings(ini))
+    assert not any("INI" in w and "writable" in w or "belongs to" in w for w in _warnings(ini))
 
 
 def test_check_warns_about_a_key_everyone_can_read_and_root_without_user(tmp_path, certificate):
