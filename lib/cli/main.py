@@ -46,6 +46,7 @@ def load_router(path: Path) -> Router:
 def cmd_check(args) -> int:
     from .preflight import read_only_data_dir, warnings
     router = load_router(args.config)
+    config_module.require_listener(router.config)
     problem = datadir.refusal(router.config.server.data_dir) or \
         read_only_data_dir(router.config)
     if problem:

@@ -370,6 +370,14 @@ def load(path: str | os.PathLike, tls_files: bool = True) -> Config:
     return parse(text, path, tls_files)
 
 
+def require_listener(config: Config) -> None:
+    """A server with no listener refuses every connection while looking alive:
+    check, serve and reload refuse such a config (an empty or truncated INI)."""
+    if not list(config.listen.listeners()):
+        raise config.error("listen", None, "no listener is configured: a server would accept "
+                           "no mail (set at least smtp = host:port)")
+
+
 class _CaseFoldingParser(configparser.ConfigParser):
     def optionxform(self, optionstr: str) -> str:
         return optionstr.lower()      # keys are case-insensitive, like the addresses

@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..config.schema import Config
+from ..config.schema import Config, require_listener
 from ..core.durable import replace_durably
 from ..core.errors import ConfigError
 from ..log import sink
@@ -80,21 +80,23 @@ class Daemon:
         if stale or orphans:
             self.log.info("cleaned", stale_temps=stale, queue_orphans=orphans)
 
-    def bind(self, listeners: list | None = None) -> list[MailServer]:
-        """Open the listening sockets (all of the config's, or those given)."""
-        opened: list[MailServer] = []
+    def bind(self, listeners: list | None = None,
+             runtime: Runtime | None = None) -> list[MailServer]:
+        """Open the listening sockets (all of the config's, or those given): all of
+        them, or none (a failure closes those already opened)."""
+        runtime = runtime or self.runtime
+        opened: dict[tuple, MailServer] = {}
         for kind, address in listeners if listeners is not None else \
-                self.runtime.config.listen.listeners():
+                runtime.config.listen.listeners():
             try:
-                server = MailServer(kind, address, self, SessionHandler)
+                opened[(kind, address)] = MailServer(kind, address, self, SessionHandler)
             except OSError as error:
-                for server in opened:
+                for server in opened.values():
                     server.server_close()
                 raise StartError(f"[listen] {kind}: cannot listen on {address}: "
                                  f"{error.strerror or error}{self._port_holder(error)}") from None
-            opened.append(server)
-            self._servers[(kind, address)] = server
-        return opened
+        self._servers.update(opened)
+        return list(opened.values())
 
     def _port_holder(self, error: OSError) -> str:
         """Who has the port, when we can tell: the server of the pid file, usually."""
@@ -121,6 +123,10 @@ class Daemon:
         signal.signal(signal.SIGHUP, self._on_reload_signal)
         # `kill -USR1 <pid>`: every thread's stack on stderr, for a server that seems stuck
         faulthandler.register(signal.SIGUSR1, all_threads=True)
+        try:
+            require_listener(self.runtime.config)
+        except ConfigError as error:
+            raise StartError(error.one_line()) from None
         make_data_dir(self.runtime.config)     # refuses a folder that is not the server's
         self._lock_data_dir()                  # refuses a second server on the same data_dir
         servers = self.bind()                  # ports below 1024 need root
@@ -170,44 +176,43 @@ class Daemon:
     def reload(self) -> bool:
         """Re-read the INI. A valid config replaces the old one for new sessions,
         listeners are opened and closed to match, the log is reopened; an
-        invalid one is refused with its error logged and the old one kept."""
+        invalid one is refused with its error logged and the old one kept.
+        New listeners are bound before anything changes, so a port that cannot
+        be had leaves the server exactly as it was."""
         try:
             runtime = load_runtime(self.config_path)
+            require_listener(runtime.config)
         except ConfigError as error:
-            self.log.error("reload_failed", error=error.one_line(), kept="the running config")
-            self._answer_reload(False, error.one_line())
-            return False
+            return self._refuse_reload(error.one_line())
         old = self.runtime
-        if runtime.config.server.data_dir != old.config.server.data_dir:
-            self.log.warning("reload_partial", key="[server] data_dir",
-                             reason="a new data_dir takes effect at the next restart")
+        wanted = set(runtime.config.listen.listeners())
+        added = [key for key in runtime.config.listen.listeners() if key not in self._servers]
+        try:
+            new_servers = self.bind(added, runtime)
+        except StartError as error:
+            return self._refuse_reload(str(error))
         if runtime.config.server.log != old.config.server.log or \
                 runtime.config.server.log_level != old.config.server.log_level:
             try:
                 sink.configure(runtime.config.server.log, runtime.config.server.log_level)
             except OSError as error:
-                problem = f"[server] log: cannot open {runtime.config.server.log}: " \
-                          f"{error.strerror or error}"
-                self.log.error("reload_failed", key="[server] log", error=problem,
-                               kept="the running config")
-                self._answer_reload(False, problem)
-                return False
+                for key in added:
+                    self._servers.pop(key).server_close()
+                return self._refuse_reload(f"[server] log: cannot open "
+                                           f"{runtime.config.server.log}: "
+                                           f"{error.strerror or error}", key="[server] log")
         else:
             sink.reopen()
-        wanted = set(runtime.config.listen.listeners())
+        if runtime.config.server.data_dir != old.config.server.data_dir:
+            self.log.warning("reload_partial", key="[server] data_dir",
+                             reason="a new data_dir takes effect at the next restart")
         self.runtime = runtime                       # one assignment: atomic for readers
+        self.start(new_servers)
         for key in [key for key in self._servers if key not in wanted]:
             server = self._servers.pop(key)
             server.shutdown()
             server.server_close()
             self.log.info("closed_listener", kind=key[0], address=str(key[1]))
-        added = [key for key in wanted if key not in self._servers]
-        try:
-            self.start(self.bind(added))
-        except StartError as error:
-            self.log.error("reload_listener_failed", error=str(error))
-            self._answer_reload(False, f"{error}; the rest of the new config is in use")
-            return False
         self.log.info("reloaded", config=str(self.config_path),
                       listeners=len(self._servers), mailboxes=len(runtime.config.mailboxes),
                       domains=len(runtime.config.domains))
@@ -215,6 +220,11 @@ class Daemon:
                                   f"{len(runtime.config.mailboxes)} mailboxes, "
                                   f"{len(self._servers)} listeners")
         return True
+
+    def _refuse_reload(self, problem: str, key: str | None = None) -> bool:
+        self.log.error("reload_failed", key=key, error=problem, kept="the running config")
+        self._answer_reload(False, problem)
+        return False
 
     def _answer_reload(self, ok: bool, message: str) -> None:
         """Tell `mailbox_appliance.py reload` (which waits for this file) what happened."""
