@@ -1,4 +1,5 @@
-"""Shared fixtures: configs written to disk, routers, real server processes."""
+"""Fixtures for every test: configs written to disk and parsed, routers, the
+test certificate. Helpers (plain functions and classes) live in tests/helpers/."""
 
 from __future__ import annotations
 
@@ -6,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from lib.config import schema as config_module  # noqa: E402
-from lib.config.router import Router  # noqa: E402
+from lib.config import schema as config_module
+from lib.config.router import Router
 
-from .harness import make_certificate, new_server  # noqa: E402
-from .support import BASE_INI, HASH, PASSWORD, ROOT, ini  # noqa: F401  (re-exported)
+from .helpers.ini import ini
+from .helpers.tls import make_certificate
 
 
 @pytest.fixture
 def write_ini(tmp_path):
-    """write_ini(text) -> path of an INI file in a fresh folder."""
+    """write_ini(text, name="test.ini") -> path of that INI ({hash} filled in) in tmp_path."""
     def write(text: str, name: str = "test.ini") -> Path:
         path = tmp_path / name
         path.write_text(ini(text), encoding="utf-8")
@@ -43,22 +44,3 @@ def router(write_ini):
 def certificate(tmp_path_factory):
     """(cert.pem, key.pem) for mail.example.org and 127.0.0.1, made at test time."""
     return make_certificate(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture
-def servers(tmp_path):
-    """servers(name="server", start=True, **config options) -> a running ServerProcess.
-
-    Every server started is stopped (by PID) when the test ends."""
-    started = []
-
-    def start(name: str = "server", start: bool = True, **options):
-        server = new_server(tmp_path / name, **options)
-        started.append(server)
-        if start:
-            server.start()
-        return server
-
-    yield start
-    for server in started:
-        server.stop()

@@ -6,28 +6,18 @@ import json
 import os
 import pty
 import select
-import subprocess
 import sys
 import time
 
 from lib.core import passwords
 
-from ..harness import make_certificate
-from ..support import BASE_INI, ROOT, ini
-
-SCRIPT = ROOT / "mailbox_appliance.py"
-
-
-def run(*args, stdin: str | None = None, env: dict | None = None, cwd=None):
-    full_env = dict(os.environ)
-    full_env.pop("MAILBOX_APPLIANCE_CONFIG", None)
-    full_env.update(env or {})
-    return subprocess.run([sys.executable, str(SCRIPT), *args], input=stdin,
-                          capture_output=True, text=True, timeout=60, env=full_env, cwd=cwd)
+from ..helpers.cli import ROOT, SCRIPT, run_cli
+from ..helpers.ini import ALIASES, config_text
+from ..helpers.tls import make_certificate
 
 
 def test_check_passes_on_the_default_config():
-    result = run("check")
+    result = run_cli("check")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "mailbox_appliance.ini: OK" in out
@@ -37,25 +27,25 @@ def test_check_passes_on_the_default_config():
 
 
 def test_check_on_the_production_example_only_misses_tls_files(tmp_path, certificate):
-    result = run("-c", str(ROOT / "conf" / "example-home.ini"), "check")
+    result = run_cli("-c", str(ROOT / "conf" / "example-home.ini"), "check")
     assert result.returncode == 2
     assert "[tls] cert: file not found" in result.stderr
     # with certificate files present it passes as shipped otherwise
     cert, key = certificate
     text = (ROOT / "conf" / "example-home.ini").read_text()
-    lines = [f"cert = {cert}" if l.startswith("cert =") else
-             f"key = {key}" if l.startswith("key =") else l
-             for l in text.splitlines()]
+    lines = [f"cert = {cert}" if line.startswith("cert =") else
+             f"key = {key}" if line.startswith("key =") else line
+             for line in text.splitlines()]
     (tmp_path / "home.ini").write_text("\n".join(lines))
-    result = run("-c", str(tmp_path / "home.ini"), "check")
+    result = run_cli("-c", str(tmp_path / "home.ini"), "check")
     assert result.returncode == 0, result.stderr
     assert "domains:    7" in result.stdout and "mailboxes:  12" in result.stdout
 
 
 def test_typo_in_a_key_fails_check_with_one_line(tmp_path):
     path = tmp_path / "typo.ini"
-    path.write_text(ini(BASE_INI + "\n[limits]\nmax_recipents = 10\n"))
-    result = run("-c", str(path), "check")
+    path.write_text(config_text(limits="max_recipents = 10"))
+    result = run_cli("-c", str(path), "check")
     assert result.returncode == 2
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
@@ -67,31 +57,32 @@ def test_typo_in_a_key_fails_check_with_one_line(tmp_path):
 
 def test_config_from_environment(tmp_path):
     path = tmp_path / "env.ini"
-    path.write_text(ini(BASE_INI))
-    result = run("check", env={"MAILBOX_APPLIANCE_CONFIG": str(path)})
+    path.write_text(config_text(listen={"smtp": "127.0.0.1:2525"}))
+    result = run_cli("check", env={"MAILBOX_APPLIANCE_CONFIG": str(path)})
     assert result.returncode == 0 and str(path) in result.stdout
 
 
 def test_config_option_after_the_command(tmp_path):
     path = tmp_path / "after.ini"
-    path.write_text(ini(BASE_INI))
-    result = run("check", "-c", str(path))
+    path.write_text(config_text(listen={"smtp": "127.0.0.1:2525"}))
+    result = run_cli("check", "-c", str(path))
     assert result.returncode == 0 and str(path) in result.stdout
 
 
 def test_missing_config_is_exit_2(tmp_path):
-    result = run("-c", str(tmp_path / "none.ini"), "check")
+    result = run_cli("-c", str(tmp_path / "none.ini"), "check")
     assert result.returncode == 2 and "no such file" in result.stderr
 
 
 def test_bad_usage_is_exit_2():
-    assert run("frobnicate").returncode == 2
-    assert run("route").returncode == 2
+    assert run_cli("frobnicate").returncode == 2
+    assert run_cli("route").returncode == 2
 
 
 def test_route_plain_text_explains():
-    result = run("route", "BHayden+lists@Example.NET", "sales@example.net",
-                 "nobody@example.org", "x@gmail.example", "foo@example.net", "not an@address@")
+    result = run_cli("route", "BHayden+lists@Example.NET", "sales@example.net",
+                     "nobody@example.org", "x@gmail.example", "foo@example.net",
+                     "not an@address@")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert len(lines) == 6
@@ -105,7 +96,7 @@ def test_route_plain_text_explains():
 
 
 def test_route_json_one_object_per_line():
-    result = run("route", "--json", "BHayden+lists@Example.NET", "sales@example.net",
+    result = run_cli("route", "--json", "BHayden+lists@Example.NET", "sales@example.net",
                  "nobody@example.org", "x@gmail.example", "postmaster@example.org")
     assert result.returncode == 0
     objects = [json.loads(line) for line in result.stdout.splitlines()]
@@ -122,8 +113,8 @@ def test_route_json_one_object_per_line():
 
 def test_route_forward_in_json(tmp_path):
     path = tmp_path / "fwd.ini"
-    path.write_text(ini(BASE_INI + "old = bhayden, bhayden@gmail.example\n"))
-    result = run("-c", str(path), "route", "--json", "old@example.org")
+    path.write_text(config_text(aliases=ALIASES + "old = bhayden, bhayden@gmail.example"))
+    result = run_cli("-c", str(path), "route", "--json", "old@example.org")
     data = json.loads(result.stdout)
     assert data["result"] == "local"
     assert data["mailboxes"] == ["bhayden"] and data["forward"] == ["bhayden@gmail.example"]
@@ -131,14 +122,14 @@ def test_route_forward_in_json(tmp_path):
 
 def test_route_with_broken_config_is_exit_2(tmp_path):
     path = tmp_path / "loop.ini"
-    path.write_text(ini(BASE_INI + "a = b@example.org\nb = a@example.org\n"))
-    result = run("-c", str(path), "route", "a@example.org")
+    path.write_text(config_text(aliases=ALIASES + "a = b@example.org\nb = a@example.org"))
+    result = run_cli("-c", str(path), "route", "a@example.org")
     assert result.returncode == 2
     assert "[aliases] a: alias loop" in result.stderr
 
 
 def test_passwd_from_stdin_prints_a_verifiable_hash():
-    result = run("passwd", stdin="s3cret pass\n")
+    result = run_cli("passwd", stdin="s3cret pass\n")
     assert result.returncode == 0
     line = result.stdout.strip()
     assert passwords.verify("s3cret pass", line)
@@ -146,7 +137,7 @@ def test_passwd_from_stdin_prints_a_verifiable_hash():
 
 
 def test_passwd_refuses_empty_input():
-    result = run("passwd", stdin="\n")
+    result = run_cli("passwd", stdin="\n")
     assert result.returncode == 2 and "empty password" in result.stderr
 
 
@@ -184,7 +175,7 @@ def test_passwd_on_a_tty_asks_twice():
     rc, output = _run_on_tty(["passwd"], ["tty secret", "tty secret"])
     assert rc == 0, output
     assert "New password:" in output and "Repeat it:" in output
-    hash_line = [l for l in output.splitlines() if l.startswith("$scrypt$")][0]
+    hash_line = [line for line in output.splitlines() if line.startswith("$scrypt$")][0]
     assert passwords.verify("tty secret", hash_line.strip())
 
 
@@ -196,8 +187,8 @@ def test_passwd_on_a_tty_with_different_answers_fails():
 def test_debug_shows_the_traceback(tmp_path):
     path = tmp_path / "bad.ini"
     path.write_text("[server]\nbogus = 1\n")
-    plain = run("-c", str(path), "check")
-    debug = run("-c", str(path), "--debug", "check")
+    plain = run_cli("-c", str(path), "check")
+    debug = run_cli("-c", str(path), "--debug", "check")
     assert "Traceback" not in plain.stderr and "Traceback" in debug.stderr
     assert plain.returncode == debug.returncode == 2
 
@@ -205,37 +196,38 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_unusable_certificate_is_a_config_error(tmp_path, certificate):
     (tmp_path / "junk.pem").write_text("not a certificate")
     path = tmp_path / "tls.ini"
-    path.write_text(ini(BASE_INI + f"\n[tls]\ncert = {tmp_path / 'junk.pem'}\n"))
-    result = run("-c", str(path), "check")
+    path.write_text(config_text(tls=f"cert = {tmp_path / 'junk.pem'}"))
+    result = run_cli("-c", str(path), "check")
     assert result.returncode == 2 and "[tls] cert: cannot load" in result.stderr
     other_cert, other_key = make_certificate(tmp_path / "other")
-    path.write_text(ini(BASE_INI + f"\n[tls]\ncert = {certificate[0]}\nkey = {other_key}\n"))
-    result = run("-c", str(path), "check")
+    path.write_text(config_text(tls=(certificate[0], other_key)))
+    result = run_cli("-c", str(path), "check")
     assert result.returncode == 2 and "[tls] key: " in result.stderr
     assert "does not belong" in result.stderr
 
 
 def test_queue_remove_refuses_what_is_not_a_queue_id(tmp_path):
     path = tmp_path / "q.ini"
-    path.write_text(ini(BASE_INI))
+    path.write_text(config_text())
     victim = tmp_path / "victim.env"
     victim.write_text("must survive")
-    result = run("-c", str(path), "queue", "remove", "../../victim")
+    result = run_cli("-c", str(path), "queue", "remove", "../../victim")
     assert result.returncode == 2 and "not a queue id" in result.stderr
     assert victim.exists()
 
 
 def test_sendmail_without_recipients_is_bad_usage(tmp_path):
     path = tmp_path / "s.ini"
-    path.write_text(ini(BASE_INI))
-    result = run("-c", str(path), "sendmail", "-i", stdin="Subject: x\n\nbody\n")
+    path.write_text(config_text())
+    result = run_cli("-c", str(path), "sendmail", "-i", stdin="Subject: x\n\nbody\n")
     assert result.returncode == 2 and "no recipients" in result.stderr
 
 
 def test_gencert_works_before_the_files_it_makes_exist(tmp_path):
     path = tmp_path / "g.ini"
-    path.write_text(ini(BASE_INI + "\n[tls]\ncert = tls/cert.pem\nkey = tls/key.pem\n"))
-    assert run("-c", str(path), "check").returncode == 2          # the files are missing
-    made = run("-c", str(path), "gencert")
+    path.write_text(config_text(tls="cert = tls/cert.pem\nkey = tls/key.pem",
+                                listen={"smtp": "127.0.0.1:2525"}))
+    assert run_cli("-c", str(path), "check").returncode == 2          # the files are missing
+    made = run_cli("-c", str(path), "gencert")
     assert made.returncode == 0, made.stderr
-    assert run("-c", str(path), "check").returncode == 0
+    assert run_cli("-c", str(path), "check").returncode == 0

@@ -6,57 +6,35 @@ from __future__ import annotations
 import os
 import poplib
 import pwd
-import shutil
 import signal
-import smtplib
 import socket
 import ssl
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from ..harness import SCRIPT, ServerProcess, config_text, make_certificate
-from ..support import HASH, PASSWORD, ROOT
+from ..helpers.cli import ROOT, SCRIPT, run_cli
+from ..helpers.clients import pop3_client, pop3_login, smtplib_client, submit
+from ..helpers.ini import MAILBOXES
+from ..helpers.net import free_port
+from ..helpers.server import new_server, server_config, write_server_config
+from ..helpers.tls import make_certificate
+from ..helpers.waiting import wait_until
 
 SYSTEM_PYTHON = "/usr/bin/python3"      # world-readable, unlike a pyenv under /root
+WITH_CAROL = MAILBOXES + "carol = {hash}\n"
 
 
-def wait_until(predicate, timeout: float = 10.0, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
-
-
-def send(port: int, to: str, subject: str = "hello", host: str = "127.0.0.1") -> str:
-    with smtplib.SMTP(host, port, timeout=20) as client:
-        client.sendmail("sender@example.com", [to],
-                        f"Subject: {subject}\r\n\r\nbody of {subject}\r\n".encode())
-    return subject
-
-
-def run_cli(*args, env=None, timeout=60):
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+def send(port: int, to: str, subject: str = "hello") -> None:
+    """A short message through the SMTP listener on `port`."""
+    submit(port, "sender@example.com", [to], f"Subject: {subject}\r\n\r\nbody of {subject}\r\n")
 
 
 # ---------------------------------------------------------------- privilege drop
-
-@pytest.fixture
-def public_folder():
-    """A folder other users can traverse (tmp_path is under /tmp/pytest-of-root, 0700)."""
-    folder = Path(tempfile.mkdtemp(prefix="mailbox-appliance-test-", dir="/tmp"))
-    folder.chmod(0o755)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
-
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the privilege drop needs the tests to run as root")
 def test_started_as_root_it_runs_as_the_mail_user_and_still_delivers(public_folder):
@@ -69,12 +47,10 @@ def test_started_as_root_it_runs_as_the_mail_user_and_still_delivers(public_fold
     # a data_dir that root made earlier, with queue/ and mail/ still root's
     (public_folder / "data" / "queue" / "entries").mkdir(parents=True)
     (public_folder / "data" / "mail" / "alice" / "new").mkdir(parents=True)
-    ini = public_folder / "server.ini"
-    ini.write_text(config_text(public_folder, listen={"smtp": "127.0.0.1:0", "pop3": "127.0.0.1:0"})
-                   .replace("log_level = debug", "log_level = debug\nuser = nobody")
-                   .replace(f"log = {public_folder / 'server.log'}", f"log = {logs / 'server.log'}"))
-    ini.chmod(0o644)
-    server = ServerProcess(folder=public_folder, ini=ini, python=SYSTEM_PYTHON)
+    server = new_server(public_folder, python=SYSTEM_PYTHON, server="user = nobody",
+                        listen={"smtp": "127.0.0.1:0", "pop3": "127.0.0.1:0"},
+                        log=logs / "server.log")
+    server.ini.chmod(0o644)
     server.start()
     try:
         status = Path(f"/proc/{server.process.pid}/status").read_text()
@@ -83,29 +59,24 @@ def test_started_as_root_it_runs_as_the_mail_user_and_still_delivers(public_fold
         assert set(uids) == {str(nobody.pw_uid)}           # real, effective, saved, fs
         assert set(gids) == {str(nobody.pw_gid)}
         send(server.port("smtp"), "alice@example.org", "as nobody")
-        assert wait_until(lambda: len(server.messages("alice")) == 1)
+        wait_until(lambda: len(server.messages("alice")) == 1)
         stored = next(server.maildir("alice").iterdir())
         assert stored.stat().st_uid == nobody.pw_uid
         for folder in (server.data, server.data / "queue" / "entries",
                        server.data / "mail" / "alice" / "new"):
             assert folder.stat().st_uid == nobody.pw_uid, folder
-        pop = poplib.POP3("127.0.0.1", server.port("pop3"), timeout=20)
-        pop.user("alice")
-        pop.pass_(PASSWORD)
+        pop = pop3_login(server.port("pop3"))
         assert pop.stat()[0] == 1
         pop.quit()
-        assert wait_until(lambda: "user=nobody" in (logs / "server.log").read_text())
+        wait_until(lambda: "user=nobody" in (logs / "server.log").read_text())
     finally:
         assert server.stop() == 0
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the privilege drop needs the tests to run as root")
 def test_unknown_mail_user_refuses_to_start(tmp_path):
-    ini = tmp_path / "server.ini"
-    ini.write_text(config_text(tmp_path).replace("log_level = debug",
-                                                 "log_level = debug\nuser = no-such-user-here"))
-    result = subprocess.run([sys.executable, str(SCRIPT), "-c", str(ini), "serve"],
-                            capture_output=True, text=True, timeout=30)
+    ini = write_server_config(tmp_path, server="user = no-such-user-here")
+    result = run_cli("serve", config=ini, timeout=30)
     assert result.returncode == 1
     assert "[server] user: no such user 'no-such-user-here'" in result.stderr
     assert "Traceback" not in result.stderr
@@ -113,21 +84,24 @@ def test_unknown_mail_user_refuses_to_start(tmp_path):
 
 # ---------------------------------------------------------------- SIGTERM
 
-def test_sigterm_during_data_loses_nothing(servers):
+def open_data(client) -> None:
+    """Greeting, then EHLO, MAIL, RCPT and DATA in one write, up to the 354."""
+    assert client.reply().code == 220
+    client.send(b"EHLO x\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<alice@example.org>\r\n"
+                b"DATA\r\n")
+    assert [answer.code for answer in client.replies(4)] == [250, 250, 250, 354]
+
+
+def test_sigterm_during_data_loses_nothing(servers, raw_smtp):
     server = servers(limits="shutdown_grace = 5s\n")
-    client = socket.create_connection(("127.0.0.1", server.port("smtp")), timeout=20)
-    client.recv(1024)
-    client.sendall(b"EHLO x\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\n")
-    got = b""
-    while b"354" not in got:
-        got += client.recv(1024)
-    client.sendall(b"Subject: in flight\r\n\r\n" + b"line\r\n" * 1000)
+    client = raw_smtp(server)
+    open_data(client)
+    client.send(b"Subject: in flight\r\n\r\n" + b"line\r\n" * 1000)
     server.send_signal(signal.SIGTERM)
     time.sleep(0.5)
-    client.sendall(b"last line\r\n.\r\n")        # the grace period lets it finish
-    reply = client.recv(1024)
-    assert reply.startswith(b"250 ")
-    client.sendall(b"QUIT\r\n")
+    client.send(b"last line\r\n.\r\n")           # the grace period lets it finish
+    assert client.reply().code == 250
+    client.send(b"QUIT\r\n")
     client.close()
     assert server.process.wait(30) == 0
     (message,) = server.messages("alice")
@@ -136,24 +110,14 @@ def test_sigterm_during_data_loses_nothing(servers):
     assert list(tmp.iterdir()) == []
 
 
-def test_sigterm_past_the_grace_period_says_421_and_keeps_nothing_partial(servers):
+def test_sigterm_past_the_grace_period_says_421_and_keeps_nothing_partial(servers, raw_smtp):
     server = servers(limits="shutdown_grace = 1s\n")
-    client = socket.create_connection(("127.0.0.1", server.port("smtp")), timeout=20)
-    client.recv(1024)
-    client.sendall(b"EHLO x\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<alice@example.org>\r\nDATA\r\n")
-    got = b""
-    while b"354" not in got:
-        got += client.recv(1024)
-    client.sendall(b"Subject: never finished\r\n\r\n" + b"x" * 70 + b"\r\n")
+    client = raw_smtp(server)
+    open_data(client)
+    client.send(b"Subject: never finished\r\n\r\n" + b"x" * 70 + b"\r\n")
     started = time.monotonic()
     server.send_signal(signal.SIGTERM)
-    reply = b""
-    while not reply.endswith(b"\r\n"):
-        chunk = client.recv(1024)
-        if not chunk:
-            break
-        reply += chunk
-    assert reply.startswith(b"421 ")
+    assert client.reply().code == 421
     assert server.process.wait(30) == 0
     assert time.monotonic() - started < 10
     assert server.messages("alice") == []
@@ -164,10 +128,8 @@ def test_sigterm_during_pop3_session_deletes_nothing(servers):
     server = servers(listen={"smtp": "127.0.0.1:0", "pop3": "127.0.0.1:0"},
                      limits="shutdown_grace = 1s\n")
     send(server.port("smtp"), "alice@example.org")
-    assert wait_until(lambda: len(server.messages("alice")) == 1)
-    pop = poplib.POP3("127.0.0.1", server.port("pop3"), timeout=20)
-    pop.user("alice")
-    pop.pass_(PASSWORD)
+    wait_until(lambda: len(server.messages("alice")) == 1)
+    pop = pop3_login(server.port("pop3"))
     pop.dele(1)
     server.send_signal(signal.SIGTERM)
     assert pop.noop().startswith(b"+OK")            # within the grace period: still served
@@ -184,21 +146,18 @@ def test_sigterm_during_pop3_session_deletes_nothing(servers):
 def test_reload_adds_a_mailbox_without_restart_and_keeps_sessions(servers):
     server = servers(listen={"smtp": "127.0.0.1:0", "pop3": "127.0.0.1:0"})
     send(server.port("smtp"), "alice@example.org")
-    assert wait_until(lambda: len(server.messages("alice")) == 1)
-    pop = poplib.POP3("127.0.0.1", server.port("pop3"), timeout=20)
-    pop.user("alice")
-    pop.pass_(PASSWORD)
-    with smtplib.SMTP("127.0.0.1", server.port("smtp"), timeout=20) as client:
+    wait_until(lambda: len(server.messages("alice")) == 1)
+    pop = pop3_login(server.port("pop3"))
+    with smtplib_client(server.port("smtp")) as client:
         client.ehlo()
         client.mail("a@example.com")
         assert client.rcpt("carol@example.org")[0] == 550
-    text = server.ini.read_text().replace("alice = ", f"carol = {HASH}\nalice = ")
-    server.ini.write_text(text)
+    server.reconfigure(mailboxes=WITH_CAROL)
     pid = server.process.pid
     server.send_signal(signal.SIGHUP)
     server.wait_for_log("event=reloaded")
     send(server.port("smtp"), "carol@example.org", "after reload")
-    assert wait_until(lambda: len(server.messages("carol")) == 1)
+    wait_until(lambda: len(server.messages("carol")) == 1)
     assert server.process.pid == pid and server.process.poll() is None
     assert pop.stat()[0] == 1                       # the open POP3 session goes on
     pop.quit()
@@ -206,32 +165,27 @@ def test_reload_adds_a_mailbox_without_restart_and_keeps_sessions(servers):
 
 def test_broken_config_on_reload_keeps_the_old_one(servers):
     server = servers()
-    good = server.ini.read_text()
-    server.ini.write_text(good.replace("[limits]\n", "[limits]\nmax_recipents = 3\n"))
+    server.reconfigure(limits="max_recipents = 3")
     server.send_signal(signal.SIGHUP)
     log = server.wait_for_log("event=reload_failed")
-    line = next(l for l in log.splitlines() if "event=reload_failed" in l)
+    line = next(text for text in log.splitlines() if "event=reload_failed" in text)
     assert "[limits] max_recipents: unknown key" in line
     send(server.port("smtp"), "alice@example.org", "still serving")
-    assert wait_until(lambda: len(server.messages("alice")) == 1)
+    wait_until(lambda: len(server.messages("alice")) == 1)
     assert server.process.poll() is None
 
 
 def test_reload_opens_and_closes_listeners(servers):
     server = servers(listen={"smtp": "127.0.0.1:0"})
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    pop_port = probe.getsockname()[1]
-    probe.close()
-    text = server.ini.read_text().replace("smtp = 127.0.0.1:0", f"pop3 = 127.0.0.1:{pop_port}")
-    server.ini.write_text(text)
+    pop_port = free_port()
+    server.reconfigure(listen={"pop3": f"127.0.0.1:{pop_port}"})
     old_smtp = server.port("smtp")
     server.send_signal(signal.SIGHUP)
     server.wait_for_log("event=reloaded")
-    pop = poplib.POP3("127.0.0.1", pop_port, timeout=20)
+    pop = pop3_client(pop_port)
     assert pop.getwelcome().startswith(b"+OK")
     pop.quit()
-    assert wait_until(lambda: _refused(old_smtp))
+    wait_until(lambda: _refused(old_smtp), what=f"the old smtp port {old_smtp} closed")
 
 
 def _refused(port: int) -> bool:
@@ -251,8 +205,8 @@ def test_log_file_is_reopened_after_rotation(servers):
     rotated = server.log_path.with_suffix(".log.1")
     server.log_path.rename(rotated)                 # what logrotate does
     send(server.port("smtp"), "alice@example.org", "after rotation")
-    assert wait_until(lambda: server.log_path.exists() and "event=accepted" in
-                      server.log_path.read_text(), timeout=10)
+    wait_until(lambda: server.log_path.exists() and "event=accepted" in
+               server.log_path.read_text(), timeout=10)
     assert rotated.read_text().count("event=accepted") == 1
 
 
@@ -293,12 +247,8 @@ def test_systemd_verify_would_catch_a_broken_unit(tmp_path):
 
 
 def test_sysv_script_start_status_reload_stop(tmp_path):
-    ini = tmp_path / "server.ini"
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    ini.write_text(config_text(tmp_path, listen={"smtp": f"127.0.0.1:{port}"}))
+    port = free_port()
+    ini = write_server_config(tmp_path, listen={"smtp": f"127.0.0.1:{port}"})
     env = {**os.environ, "PYTHON": sys.executable, "DAEMON": str(SCRIPT), "CONFIG": str(ini),
            "PIDFILE": str(tmp_path / "server.pid"), "OUTPUT": str(tmp_path / "server.out"),
            "STOP_TIMEOUT": "20"}
@@ -317,7 +267,8 @@ def test_sysv_script_start_status_reload_stop(tmp_path):
         status = service("status")
         assert status.returncode == 0 and str(pid) in status.stdout
         send(port, "alice@example.org", "via sysv")
-        ini.write_text(ini.read_text().replace("alice = ", f"carol = {HASH}\nalice = "))
+        ini.write_text(server_config(tmp_path, listen={"smtp": f"127.0.0.1:{port}"},
+                                     mailboxes=WITH_CAROL))
         reloaded = service("reload")
         assert reloaded.returncode == 0 and reloaded.stdout.startswith("reloaded: "), reloaded
         assert "event=reloaded" in (tmp_path / "server.log").read_text()
@@ -332,23 +283,21 @@ def test_sysv_script_start_status_reload_stop(tmp_path):
 
 
 def test_sysv_script_refuses_a_broken_config(tmp_path):
-    ini = tmp_path / "server.ini"
-    ini.write_text(config_text(tmp_path) + "\n[limits]\nbogus = 1\n")
+    ini = write_server_config(tmp_path, limits="bogus = 1")
     env = {**os.environ, "PYTHON": sys.executable, "DAEMON": str(SCRIPT), "CONFIG": str(ini),
            "PIDFILE": str(tmp_path / "server.pid"), "OUTPUT": str(tmp_path / "server.out")}
     result = subprocess.run(["sh", str(ROOT / "init" / "mailbox-appliance"), "start"],
                             capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 1
     assert result.stderr.startswith("mailbox-appliance not started: ")
-    assert "[limits]: section appears twice" in result.stderr
+    assert "[limits] bogus: unknown key" in result.stderr
     assert not (tmp_path / "server.pid").exists()
 
 
 def test_pid_file_from_the_config(servers):
     server = servers(start=False)
     pid_file = server.folder / "run" / "server.pid"
-    server.ini.write_text(server.ini.read_text().replace(
-        "log_level = debug", f"log_level = debug\npid_file = {pid_file}"))
+    server.reconfigure(server=f"pid_file = {pid_file}")
     server.start()
     assert pid_file.read_text().strip() == str(server.process.pid)
     assert server.stop() == 0
@@ -358,14 +307,13 @@ def test_pid_file_from_the_config(servers):
 # ---------------------------------------------------------------- check warnings and gencert
 
 def check_warnings(ini: Path) -> list[str]:
-    result = run_cli("-c", str(ini), "check")
+    result = run_cli("check", config=ini)
     assert result.returncode == 0, result.stderr
     return [line for line in result.stdout.splitlines() if line.startswith("warning: ")]
 
 
 def test_check_warns_about_readable_secrets(tmp_path):
-    ini = tmp_path / "server.ini"
-    ini.write_text(config_text(tmp_path))
+    ini = write_server_config(tmp_path)
     ini.chmod(0o640)
     assert not any("readable by every user" in w for w in check_warnings(ini))
     ini.chmod(0o644)
@@ -375,18 +323,10 @@ def test_check_warns_about_readable_secrets(tmp_path):
 
 def test_check_warns_about_certificates(tmp_path, monkeypatch):
     cert, key = make_certificate(tmp_path / "tls", hostname="other.example.org")
-    ini = tmp_path / "server.ini"
-    ini.write_text(config_text(tmp_path, tls=(cert, key)))
+    ini = write_server_config(tmp_path, tls=(cert, key))
     ini.chmod(0o600)
     assert any("not [server] hostname mail.example.org" in w for w in check_warnings(ini))
-    soon = tmp_path / "soon"
-    soon.mkdir()
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(soon / "k.pem"),
-                    "-out", str(soon / "c.pem"), "-subj", "/CN=mail.example.org",
-                    "-addext", "subjectAltName=DNS:mail.example.org", "-days", "3"],
-                   check=True, capture_output=True, timeout=60)
-    ini.write_text(config_text(tmp_path, tls=(soon / "c.pem", soon / "k.pem")))
+    write_server_config(tmp_path, tls=make_certificate(tmp_path / "soon", days=3))
     warnings = check_warnings(ini)
     assert any("expires in 3 days" in w or "expires in 2 days" in w for w in warnings), warnings
     assert not any("not [server] hostname" in w for w in warnings)
@@ -401,9 +341,8 @@ def test_check_warns_about_certificates(tmp_path, monkeypatch):
 
 
 def test_check_warns_about_clear_text_logins_beyond_loopback(tmp_path):
-    ini = tmp_path / "server.ini"
-    ini.write_text(config_text(tmp_path, listen={"submission": "0.0.0.0:2587",
-                                                  "pop3": "127.0.0.1:2110"}))
+    ini = write_server_config(tmp_path, listen={"submission": "0.0.0.0:2587",
+                                                 "pop3": "127.0.0.1:2110"})
     ini.chmod(0o600)
     warnings = check_warnings(ini)
     assert any("no [tls] while submission 0.0.0.0:2587" in w for w in warnings)
@@ -412,47 +351,40 @@ def test_check_warns_about_clear_text_logins_beyond_loopback(tmp_path):
 
 def test_check_warns_when_the_mail_user_cannot_write_data_dir(tmp_path):
     (tmp_path / "data").mkdir(mode=0o700)
-    ini = tmp_path / "server.ini"
-    ini.write_text(config_text(tmp_path).replace("log_level = debug",
-                                                 "log_level = debug\nuser = nobody"))
+    ini = write_server_config(tmp_path, server="user = nobody")
     ini.chmod(0o600)
     assert any("[server] data_dir" in w and "not writable by nobody" in w
                for w in check_warnings(ini))
-    ini.write_text(config_text(tmp_path).replace("log_level = debug",
-                                                 "log_level = debug\nuser = nobody-at-all"))
+    write_server_config(tmp_path, server="user = nobody-at-all")
     assert any("no user 'nobody-at-all'" in w for w in check_warnings(ini))
 
 
 def test_gencert_makes_a_usable_certificate(tmp_path):
-    ini = tmp_path / "server.ini"
-    ini.write_text(config_text(tmp_path))
-    result = run_cli("-c", str(ini), "gencert", "--days", "30")
+    ini = write_server_config(tmp_path)
+    result = run_cli("gencert", "--days", "30", config=ini)
     assert result.returncode == 0, result.stderr
     cert, key = tmp_path / "tls" / "cert.pem", tmp_path / "tls" / "key.pem"
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     assert f"cert = {cert}" in result.stdout
     details = ssl._ssl._test_decode_cert(str(cert))
     assert ("DNS", "mail.example.org") in details["subjectAltName"]
-    again = run_cli("-c", str(ini), "gencert")
+    again = run_cli("gencert", config=ini)
     assert again.returncode == 2 and "exists already" in again.stderr
-    ini.write_text(config_text(tmp_path, tls=(cert, key)))
+    write_server_config(tmp_path, tls=(cert, key))
     ini.chmod(0o600)
-    assert run_cli("-c", str(ini), "check").returncode == 0
+    assert run_cli("check", config=ini).returncode == 0
     assert [w for w in check_warnings(ini) if "[tls]" in w or "certificate" in w] == []
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the privilege drop needs the tests to run as root")
 def test_a_log_the_mail_user_cannot_open_falls_back_to_stderr(public_folder):
-    ini = public_folder / "server.ini"
-    ini.write_text(config_text(public_folder).replace("log_level = debug",
-                                                      "log_level = debug\nuser = nobody"))
-    ini.chmod(0o644)
-    server = ServerProcess(folder=public_folder, ini=ini, python=SYSTEM_PYTHON)
+    server = new_server(public_folder, python=SYSTEM_PYTHON, server="user = nobody")
+    server.ini.chmod(0o644)
     server.start()
     try:
         send(server.port("smtp"), "alice@example.org", "logged to stderr")
-        assert wait_until(lambda: len(server.messages("alice")) == 1)
-        assert wait_until(lambda: any("event=accepted" in line for line in server.stderr_lines))
+        wait_until(lambda: len(server.messages("alice")) == 1)
+        wait_until(lambda: any("event=accepted" in line for line in server.stderr_lines))
         warning = next(line for line in server.stderr_lines if "event=log_unavailable" in line)
         assert 'key="[server] log"' in warning and "Permission denied" in warning
     finally:
@@ -463,13 +395,12 @@ def test_reload_to_a_log_that_cannot_be_opened_keeps_serving(servers):
     server = servers()
     blocked = server.folder / "not-a-folder"
     blocked.write_text("a file where the log folder should be")
-    server.ini.write_text(server.ini.read_text().replace(
-        f"log = {server.log_path}", f"log = {blocked / 'server.log'}"))
+    server.reconfigure(log=blocked / "server.log")
     server.send_signal(signal.SIGHUP)
     log = server.wait_for_log("event=reload_failed")
     assert 'key="[server] log"' in log
     send(server.port("smtp"), "alice@example.org", "still logging")
-    assert wait_until(lambda: len(server.messages("alice")) == 1)
+    wait_until(lambda: len(server.messages("alice")) == 1)
     server.wait_for_log("event=accepted")
     assert server.process.poll() is None
 
@@ -481,12 +412,12 @@ def test_log_lines_survive_a_log_file_that_cannot_be_reopened(servers):
     server.log_path.rename(server.log_path.with_suffix(".old"))
     server.log_path.mkdir()                        # logrotate "left" a directory there
     send(server.port("smtp"), "alice@example.org", "after")
-    assert wait_until(lambda: len(server.messages("alice")) == 2)
+    wait_until(lambda: len(server.messages("alice")) == 2)
     time.sleep(0.5)
     server.log_path.rmdir()
     send(server.port("smtp"), "alice@example.org", "later")
-    assert wait_until(lambda: server.log_path.is_file() and
-                      "event=accepted" in server.log_path.read_text())
+    wait_until(lambda: server.log_path.is_file() and
+               "event=accepted" in server.log_path.read_text())
     assert server.stop() == 0
     stderr = "\n".join(server.stderr_lines)
     assert "cannot write the log" in stderr
@@ -494,9 +425,7 @@ def test_log_lines_survive_a_log_file_that_cannot_be_reopened(servers):
 
 
 def test_check_warns_when_the_mail_user_cannot_write_the_log(tmp_path):
-    ini = tmp_path / "server.ini"
-    ini.write_text(config_text(tmp_path).replace("log_level = debug",
-                                                 "log_level = debug\nuser = nobody"))
+    ini = write_server_config(tmp_path, server="user = nobody")
     ini.chmod(0o600)
     assert any("[server] log: nobody cannot write" in w for w in check_warnings(ini))
 
@@ -504,14 +433,11 @@ def test_check_warns_when_the_mail_user_cannot_write_the_log(tmp_path):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run sendmail as another user")
 def test_sendmail_by_a_user_who_cannot_write_the_queue_goes_through_smtp(public_folder):
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
-    ini = public_folder / "server.ini"
-    ini.write_text(config_text(public_folder, listen={"smtp": f"127.0.0.1:{port}"}))
+    port = free_port()
+    server = new_server(public_folder, python=SYSTEM_PYTHON,
+                        listen={"smtp": f"127.0.0.1:{port}"})
+    ini = server.ini
     ini.chmod(0o644)
-    server = ServerProcess(folder=public_folder, ini=ini, python=SYSTEM_PYTHON)
     server.start()                                   # as root: data_dir is root's, 0700
     try:
         assert stat.S_IMODE(server.data.stat().st_mode) == 0o700
@@ -521,7 +447,7 @@ def test_sendmail_by_a_user_who_cannot_write_the_queue_goes_through_smtp(public_
             input="Subject: from nobody\n\nhello\n", capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
         assert f"the server at 127.0.0.1:{port}" in result.stdout
-        assert wait_until(lambda: len(server.messages("alice")) == 1)
+        wait_until(lambda: len(server.messages("alice")) == 1)
         (message,) = server.messages("alice")
         assert b"Subject: from nobody" in message and b"\nFrom: nobody@" in message
     finally:

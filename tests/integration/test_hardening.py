@@ -15,8 +15,9 @@ import sys
 
 import pytest
 
-from ..harness import SCRIPT, config_text
-from ..support import PASSWORD
+from ..helpers.cli import SCRIPT
+from ..helpers.ini import PASSWORD
+from ..helpers.server import server_config
 
 NOBODY = pwd.getpwnam("nobody")
 
@@ -107,7 +108,7 @@ def test_check_warns_about_an_ini_others_can_change(tmp_path):
     folder = tmp_path / "etc"
     folder.mkdir()
     ini = folder / "server.ini"
-    ini.write_text(config_text(tmp_path).replace("log_level = debug",
+    ini.write_text(server_config(tmp_path).replace("log_level = debug",
                                                  "log_level = debug\nuser = nobody"))
     ini.chmod(0o660)
     assert any(f"the INI file {ini} is writable by group" in w for w in _warnings(ini))
@@ -127,7 +128,7 @@ def test_check_warns_about_a_key_everyone_can_read_and_root_without_user(tmp_pat
     key = tmp_path / "key.pem"
     shutil.copy(certificate[1], key)
     key.chmod(0o644)
-    ini.write_text(config_text(tmp_path, tls=(certificate[0], key)))
+    ini.write_text(server_config(tmp_path, tls=(certificate[0], key)))
     found = _warnings(ini)
     assert any(f"[tls] key: {key} is readable by every user" in w for w in found)
     assert any("[server] user is not set: started as root" in w for w in found)

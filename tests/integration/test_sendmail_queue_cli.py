@@ -12,20 +12,12 @@ import time
 
 import pytest
 
-from ..outbound import (  # noqa: F401
-    HOST,
-    all_messages,
-    cli,
-    dns,
-    events,
-    mx_relay,
-    parse,
-    queue_files,
-    queue_ids,
-    send,
-    sinks,
-    wait_until,
-)
+from ..helpers.clients import submit
+from ..helpers.logs import events
+from ..helpers.mail import parse
+from ..helpers.net import HOST
+from ..helpers.outbound import mx_relay
+from ..helpers.waiting import wait_until
 
 ALICE = "alice@example.org"
 LATER = "later@remote.example"          # the sink always answers 451 for this one
@@ -44,15 +36,15 @@ def lab(dns, sinks, servers):
 
 def deferred(server, sender: str = ALICE, rcpts=(LATER,), subject: str = "stuck") -> str:
     """Queue a message that the sink defers; return its id once the first try is done."""
-    queue_id = send(server, sender, list(rcpts),
-                    f"Subject: {subject}\r\nMessage-ID: <{subject}@example.org>\r\n\r\nbody\r\n")
+    queue_id = submit(server.port(), sender, list(rcpts),
+                      f"Subject: {subject}\r\nMessage-ID: <{subject}@example.org>\r\n\r\nbody\r\n")
     wait_until(lambda: events(server, "attempt", msg=queue_id, state="deferred"),
                what=f"a deferred attempt of {queue_id}")
     return queue_id
 
 
 def sendmail(server, *args: str, stdin: bytes):
-    return cli(server, "sendmail", *args, stdin=stdin)
+    return server.cli("sendmail", *args, stdin=stdin)
 
 
 # ---------------------------------------------------------------- queue
@@ -61,7 +53,7 @@ def test_queue_list_shows_entries_while_serving(lab):
     server, sink = lab
     first = deferred(server)
     second = deferred(server, sender="", subject="bounce-ish")
-    result = cli(server, "queue", "list")
+    result = server.cli("queue", "list")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert re.search(rf"^{first}  age \d+\w  from <{ALICE}>$", out, re.M), out
@@ -76,7 +68,7 @@ def test_queue_list_shows_entries_while_serving(lab):
     assert out.count(f"        last: 451 4.2.0 try later ({relay})") == 2, out
     assert out.rstrip().endswith("2 entries in the queue")
 
-    result = cli(server, "queue", "list", "--json")
+    result = server.cli("queue", "list", "--json")
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert sorted(row["id"] for row in rows) == sorted([first, second])
@@ -92,25 +84,25 @@ def test_queue_list_shows_entries_while_serving(lab):
 
 def test_queue_list_of_an_empty_queue(lab):
     server, _ = lab
-    result = cli(server, "queue", "list")
+    result = server.cli("queue", "list")
     assert result.returncode == 0 and result.stdout.strip() == "0 entries in the queue", result
-    result = cli(server, "queue", "list", "--json")
+    result = server.cli("queue", "list", "--json")
     assert result.returncode == 0 and result.stdout == "", result
 
 
 def test_queue_flush_prints_a_count_and_retries_now(lab):
     server, sink = lab
-    result = cli(server, "queue", "flush")
+    result = server.cli("queue", "flush")
     assert result.returncode == 0 and result.stdout.strip() == "flushed 0 entries", result
     queue_id = deferred(server)
-    result = cli(server, "queue", "flush")
+    result = server.cli("queue", "flush")
     assert result.returncode == 0 and result.stdout.strip() == "flushed 1 entry", result
     [second] = wait_until(lambda: events(server, "attempt", msg=queue_id, attempts="2"),
                           what="the flushed retry")
     assert second["state"] == "deferred"
     assert len(sink.transactions) == 2
     deferred(server, subject="another")
-    result = cli(server, "queue", "flush")
+    result = server.cli("queue", "flush")
     assert result.returncode == 0 and result.stdout.strip() == "flushed 2 entries", result
 
 
@@ -118,32 +110,32 @@ def test_queue_remove_while_serving_means_never_delivered(lab):
     server, sink = lab
     queue_id = deferred(server)
     keep = deferred(server, subject="keep")
-    result = cli(server, "queue", "remove", queue_id)
+    result = server.cli("queue", "remove", queue_id)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"removed {queue_id}"
-    assert queue_ids(server) == [keep]
-    assert not any(name.startswith(queue_id) for name in queue_files(server))
-    listing = cli(server, "queue", "list").stdout
+    assert server.queue_ids() == [keep]
+    assert not any(name.startswith(queue_id) for name in server.queue_files())
+    listing = server.cli("queue", "list").stdout
     assert queue_id not in listing and "1 entry in the queue" in listing
     sink.replies[LATER] = ["250 2.1.5 OK now"]             # the sink would take it now
-    assert cli(server, "queue", "flush").stdout.strip() == "flushed 1 entry"
+    assert server.cli("queue", "flush").stdout.strip() == "flushed 1 entry"
     wait_until(lambda: events(server, "done", msg=keep), what="the kept entry delivered")
     time.sleep(1.5)
     delivered = sink.delivered(LATER)
     assert len(delivered) == 1 and b"Message-ID: <keep@example.org>" in delivered[0].content
     assert events(server, "attempt", msg=queue_id, attempts="2") == []
-    assert queue_ids(server) == []
+    assert server.queue_ids() == []
 
 
 def test_queue_remove_of_an_unknown_id_fails(lab):
     server, _ = lab
-    result = cli(server, "queue", "remove", "0000DEADBEEF0000")
+    result = server.cli("queue", "remove", "0000DEADBEEF0000")
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.strip() == "queue remove: no entry 0000DEADBEEF0000 (see: queue list)"
-    result = cli(server, "queue", "remove", "../../0000DEADBEEF")        # not an id at all
+    result = server.cli("queue", "remove", "../../0000DEADBEEF")        # not an id at all
     assert result.returncode == 2 and "not a queue id" in result.stderr
-    result = cli(server, "queue", "remove")
+    result = server.cli("queue", "remove")
     assert result.returncode == 2 and "which entry" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -164,7 +156,7 @@ def test_sendmail_to_a_local_mailbox_completes_the_header(lab):
     assert re.fullmatch(r"<[^<>@\s]+@mail\.example\.org>", message["Message-ID"])
     assert message.get_content() == "body\n"
     assert raw.endswith(b"\n\nbody\n")
-    assert queue_ids(server) == []
+    assert server.queue_ids() == []
     # a second one gets a Message-ID of its own
     assert sendmail(server, ALICE, stdin=b"Subject: cron\n\nbody\n").returncode == 0
     ids = [parse(m)["Message-ID"] for m in server.messages("alice")]
@@ -235,8 +227,8 @@ def test_sendmail_to_a_remote_recipient_is_delivered_by_the_server(lab):
     assert message.get_content() == "all fine\n"
     assert transaction.content.startswith(
         b"Received: by mail.example.org (mailbox_appliance sendmail")
-    wait_until(lambda: queue_files(server) == [], what="the queue emptied")
-    assert all(messages == [] for messages in all_messages(server).values())
+    wait_until(lambda: server.queue_files() == [], what="the queue emptied")
+    assert all(messages == [] for messages in server.all_messages().values())
 
 
 def test_sendmail_dot_line_ends_the_message_unless_i(lab):
@@ -265,8 +257,8 @@ def test_sendmail_unknown_local_recipient_delivers_nothing(lab):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sendmail: nobody@example.org:"), lines
     assert "Traceback" not in result.stderr
-    assert all(messages == [] for messages in all_messages(server).values())
-    assert queue_files(server) == []
+    assert all(messages == [] for messages in server.all_messages().values())
+    assert server.queue_files() == []
 
 
 def test_sendmail_without_recipients_or_with_bad_options(lab):
@@ -277,7 +269,7 @@ def test_sendmail_without_recipients_or_with_bad_options(lab):
     assert result.returncode == 2 and "unknown option -X" in result.stderr
     result = sendmail(server, "not an address", stdin=b"Subject: x\n\nx\n")
     assert result.returncode == 1 and result.stderr.startswith("sendmail: bad address")
-    assert all(messages == [] for messages in all_messages(server).values())
+    assert all(messages == [] for messages in server.all_messages().values())
 
 
 def test_sendmail_accepts_cron_style_options(lab):

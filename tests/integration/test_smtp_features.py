@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import os
 import random
 import re
@@ -24,13 +23,15 @@ from pathlib import Path
 from lib.core import replies
 from lib.core.replies import Reply
 
-from ..harness import ServerProcess, config_text
-from ..support import PASSWORD
+from ..helpers.clients import SmtpClient, smtplib_client
+from ..helpers.ini import PASSWORD
+from ..helpers.logs import settled_events, settled_log
+from ..helpers.mail import SENDER, message, split_trace, stored_form
+from ..helpers.net import HOST, TIMEOUT
+from ..helpers.server import ServerProcess, new_server
+from ..helpers.tls import client_context
+from ..helpers.waiting import wait_until
 
-HOST = "127.0.0.1"
-CLIENT_NAME = "client.example.com"     # our EHLO name: no DNS look-up of our own host
-TIMEOUT = 30                           # every socket and subprocess
-SENDER = "sender@example.com"
 STRANGER = "192.0.2.0/24"              # trusted networks that do not include 127.0.0.1
 REMOTE = "friend@gmail.example"        # relayed: only ever becomes a queue entry
 TLS_LISTEN = {"smtp": "127.0.0.1:0", "submission": "127.0.0.1:0",
@@ -54,29 +55,12 @@ def refusal(error: smtplib.SMTPResponseException) -> tuple[int, bytes]:
     return error.smtp_code, error.smtp_error
 
 
-def connect(server: ServerProcess, kind: str = "smtp", host: str = HOST) -> smtplib.SMTP:
-    return smtplib.SMTP(host, server.port(kind), local_hostname=CLIENT_NAME, timeout=TIMEOUT)
-
-
-def tls_context(cert: Path) -> ssl.SSLContext:
-    """Verifies the server against the test certificate (name and 127.0.0.1)."""
-    return ssl.create_default_context(cafile=str(cert))
-
-
 def login(s: smtplib.SMTP, user: str, password: str = PASSWORD, mechanism: str = "PLAIN",
           initial_response_ok: bool = True):
     s.ehlo_or_helo_if_needed()
     s.user, s.password = user, password
     method = {"PLAIN": s.auth_plain, "LOGIN": s.auth_login}[mechanism]
     return s.auth(mechanism, method, initial_response_ok=initial_response_ok)
-
-
-def message(subject: str, *body: str, sender: str = SENDER,
-            to: str = "alice@example.org") -> bytes:
-    """A message as it travels: CRLF line endings, not yet dot-stuffed."""
-    lines = [f"From: <{sender}>", f"To: <{to}>", f"Subject: {subject}",
-             "Message-ID: <%s@client.example.com>" % os.urandom(6).hex(), "", *body]
-    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
 
 
 def transaction(s: smtplib.SMTP, sender: str, recipients: list[str], data: bytes,
@@ -104,134 +88,18 @@ def deliver(s: smtplib.SMTP, sender: str, recipients: list[str], data: bytes, **
     return accepted_id(transaction(s, sender, recipients, data, **kw))
 
 
-def split_stored(data: bytes, sender: str | None = SENDER) -> tuple[bytes, bytes]:
-    """A stored message -> (Received block, the rest). With `sender`, the file
-    must start with exactly `Return-Path: <sender>`; with None, must not have one."""
-    if sender is not None:
-        first = f"Return-Path: <{sender}>\n".encode()
-        assert data.startswith(first), data[:200]
-        data = data[len(first):]
-    assert data.startswith(b"Received: from "), data[:200]
-    end = data.index(b"\n") + 1
-    for _ in range(20):
-        if data[end:end + 1] != b"\t":
-            break
-        end = data.index(b"\n", end) + 1
-    return data[:end], data[end:]
-
-
-def stored_form(wire: bytes) -> bytes:
-    return wire.replace(b"\r\n", b"\n")
-
-
 def only_message(server: ServerProcess, mailbox: str) -> bytes:
     found = server.messages(mailbox)
     assert len(found) == 1, f"{mailbox} has {len(found)} messages"
     return found[0]
 
 
-def maildir_tmp_empty(server: ServerProcess, mailbox: str) -> bool:
-    tmp = server.maildir(mailbox, "tmp")
-    return not tmp.is_dir() or not any(tmp.iterdir())
-
-
-def queue_entries(server: ServerProcess) -> dict[str, tuple[bytes, dict]]:
-    """{id: (.msg bytes, .env JSON)}; every .msg must have its .env and back."""
-    folder = server.data / "queue" / "entries"
-    if not folder.is_dir():
-        return {}
-    names = sorted(p.name for p in folder.iterdir())
-    ids = {name.rsplit(".", 1)[0] for name in names}
-    assert names == sorted([f"{i}.env" for i in ids] + [f"{i}.msg" for i in ids]), names
-    return {i: ((folder / f"{i}.msg").read_bytes(),
-                json.loads((folder / f"{i}.env").read_text("utf-8"))) for i in ids}
-
-
-_FIELD = re.compile(r'([A-Za-z_]+)=("(?:[^"\\]|\\.)*"|\S+)')
-_ESCAPES = {"n": "\n", "r": "\r", "t": "\t"}
-
-
-def settled_log(server: ServerProcess) -> str:
-    """The log once the server's log thread has written everything queued
-    (it writes in batches every 50 ms): the file stops growing."""
-    last = None
-    for _ in range(50):
-        text = server.log_text()
-        if text == last:
-            return text
-        last = text
-        time.sleep(0.2)
-    return last
-
-
-def log_events(server: ServerProcess, event: str) -> list[dict[str, str]]:
-    """The key=value fields of every log line of `event`."""
-    found = []
-    for line in settled_log(server).splitlines():
-        fields = {}
-        for key, value in _FIELD.findall(line):
-            if value.startswith('"'):
-                value = re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)),
-                               value[1:-1])
-            fields.setdefault(key, value)
-        if fields.get("event") == event:
-            found.append(fields)
-    return found
-
-
-class RawClient:
-    """SMTP over a plain socket: bytes exactly as given, UTF-8 command lines."""
-
-    def __init__(self, host: str, port: int, family: int = socket.AF_INET):
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.settimeout(TIMEOUT)
-        self.sock.connect((host, port))
-        self.buffer = b""
-
-    def _line(self) -> bytes:
-        for _ in range(10_000):
-            end = self.buffer.find(b"\r\n")
-            if end >= 0:
-                line, self.buffer = self.buffer[:end], self.buffer[end + 2:]
-                return line
-            data = self.sock.recv(65536)
-            assert data, "server closed the connection"
-            self.buffer += data
-        raise AssertionError("no reply line")
-
-    def reply(self) -> tuple[int, list[str]]:
-        lines = []
-        for _ in range(100):
-            line = self._line().decode("utf-8")
-            lines.append(line[4:])
-            if line[3:4] != "-":
-                return int(line[:3]), lines
-        raise AssertionError("endless multi-line reply")
-
-    def command(self, line: str) -> tuple[int, list[str]]:
-        self.sock.sendall(line.encode("utf-8") + b"\r\n")
-        return self.reply()
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def raw_expect(result: tuple[int, list[str]], reply: Reply) -> None:
-    assert result == (reply.code, [text_of(reply).decode()]), f"expected {reply}, got {result}"
-
-
 @contextlib.contextmanager
 def filter_server(folder: Path, command: str, trusted: str = STRANGER,
                   timeout: str = "1s", **options):
-    """A server with [policy] filter_command set (the harness cannot write it)."""
-    folder.mkdir(parents=True)
-    text = config_text(folder, trusted=trusted, **options)
-    assert text.count("[policy]\n") == 1
-    text = text.replace("[policy]\n", f"[policy]\nfilter_command = {command}\n"
-                                      f"filter_timeout = {timeout}\n")
-    ini = folder / "server.ini"
-    ini.write_text(text)
-    server = ServerProcess(folder=folder, ini=ini)
+    """A running server with [policy] filter_command set, stopped at the end."""
+    server = new_server(folder, trusted=trusted, **options,
+                        policy={"filter_command": command, "filter_timeout": timeout})
     try:
         server.start()
         yield server
@@ -262,10 +130,10 @@ TRICKY_BODY = (".starts with one dot", "..starts with two dots", ".", "..", "",
 def test_local_delivery_is_byte_for_byte(servers):
     server = servers()
     data = message("dots and 8 bits", *TRICKY_BODY)
-    with connect(server) as s:
+    with smtplib_client(server.port()) as s:
         msg_id = deliver(s, SENDER, ["alice@example.org"], data)
     stored = only_message(server, "alice")
-    received, rest = split_stored(stored)
+    received, rest = split_trace(stored, SENDER)
     assert rest == stored_form(data)
     assert received.startswith(b"Received: from client.example.com ([127.0.0.1])\n")
     assert b"\tby mail.example.org (mailbox_appliance) with ESMTP id " + \
@@ -287,12 +155,12 @@ def test_ten_megabyte_message_is_stored_exactly_and_named_with_its_sizes(servers
     lines += [b".", b"..", b".end"]
     data = b"\r\n".join(lines) + b"\r\n"
     assert len(data) > 10 * 1024 * 1024
-    with connect(server) as s:
+    with smtplib_client(server.port()) as s:
         deliver(s, SENDER, ["alice@example.org"], data)
     files = [p for p in server.maildir("alice", "new").iterdir()]
     assert len(files) == 1
     stored = files[0].read_bytes()
-    received, rest = split_stored(stored)
+    received, rest = split_trace(stored, SENDER)
     assert rest == stored_form(data)
     match = re.search(r",S=(\d+),W=(\d+)$", files[0].name)
     assert match, files[0].name
@@ -307,7 +175,7 @@ def test_one_copy_per_mailbox_however_many_routes_lead_there(servers):
     recipients = ["alice@example.org", "bhayden@example.org", "sales@example.net",
                   "BHayden+lists@Example.NET", "anything@example.net"]
     data = message("many routes", "one copy each", to="sales@example.net")
-    with connect(server) as s:
+    with smtplib_client(server.port()) as s:
         s.ehlo()
         expect(s.mail(SENDER), replies.SENDER_OK)
         for recipient in recipients:
@@ -316,13 +184,13 @@ def test_one_copy_per_mailbox_however_many_routes_lead_there(servers):
         msg_id = accepted_id(s.data(data))
     alice, bhayden = only_message(server, "alice"), only_message(server, "bhayden")
     assert alice == bhayden
-    received, rest = split_stored(alice)
+    received, rest = split_trace(alice, SENDER)
     assert rest == stored_form(data)
     assert b"nobody" not in received
-    accepted = [e for e in log_events(server, "accepted") if e.get("msg") == msg_id]
+    accepted = [e for e in settled_events(server, "accepted") if e.get("msg") == msg_id]
     assert len(accepted) == 1
     assert set(accepted[0]["mailboxes"].split(",")) == {"alice", "bhayden"}
-    assert queue_entries(server) == {}
+    assert server.queue_entries() == {}
 
 
 # ---------------------------------------------------------------- 3. relay control
@@ -330,35 +198,35 @@ def test_one_copy_per_mailbox_however_many_routes_lead_there(servers):
 def test_strangers_may_not_relay_but_may_deliver_locally(servers):
     server = servers(trusted=STRANGER)
     data = message("from a stranger", "hello")
-    with connect(server) as s:
+    with smtplib_client(server.port()) as s:
         s.ehlo()
         expect(s.mail(SENDER), replies.SENDER_OK)
         expect(s.rcpt(REMOTE), replies.RELAY_DENIED)
         expect(s.rcpt("alice@example.org"), replies.RECIPIENT_OK)
         accepted_id(s.data(data))
-    denied = log_events(server, "relay_denied")
+    denied = settled_events(server, "relay_denied")
     assert len(denied) == 1
     assert denied[0]["to"] == f"<{REMOTE}>"
     assert denied[0]["client"] == "127.0.0.1"
     assert denied[0]["reason"] == "client neither logged in nor in trusted_networks"
-    assert split_stored(only_message(server, "alice"))[1] == stored_form(data)
-    assert queue_entries(server) == {}
+    assert split_trace(only_message(server, "alice"), SENDER)[1] == stored_form(data)
+    assert server.queue_entries() == {}
 
 
 def test_trusted_network_relays_into_the_queue(servers):
     server = servers()
     data = message("relayed", "to the world", to=REMOTE)
-    with connect(server) as s:
+    with smtplib_client(server.port()) as s:
         msg_id = deliver(s, SENDER, [REMOTE], data)
-    entries = queue_entries(server)
+    entries = server.queue_entries()
     assert len(entries) == 1
     (queue_id, (queued, envelope)), = entries.items()
     assert envelope["sender"] == SENDER
     assert [(r["address"], r["state"]) for r in envelope["recipients"]] == [(REMOTE, "pending")]
-    received, rest = split_stored(queued, sender=None)
+    received, rest = split_trace(queued, return_path=False)
     assert rest == stored_form(data)
     assert b"([127.0.0.1])" in received and b"id " + msg_id.encode() in received
-    accepted = [e for e in log_events(server, "accepted") if e.get("msg") == msg_id]
+    accepted = [e for e in settled_events(server, "accepted") if e.get("msg") == msg_id]
     assert len(accepted) == 1 and accepted[0].get("queue") == queue_id
     assert "mailboxes" not in accepted[0]
     assert server.messages("alice") == [] and server.messages("bhayden") == []
@@ -367,12 +235,12 @@ def test_trusted_network_relays_into_the_queue(servers):
 def test_local_and_remote_recipients_land_in_maildir_and_queue(servers):
     server = servers()
     data = message("both", "local and remote")
-    with connect(server) as s:
+    with smtplib_client(server.port()) as s:
         deliver(s, SENDER, ["alice@example.org", REMOTE], data)
     local = only_message(server, "alice")
-    received, rest = split_stored(local)
+    received, rest = split_trace(local, SENDER)
     assert rest == stored_form(data)
-    entries = queue_entries(server)
+    entries = server.queue_entries()
     assert len(entries) == 1
     (queued, envelope), = entries.values()
     assert queued == received + rest          # the local copy minus its Return-Path
@@ -385,19 +253,19 @@ def test_authenticated_stranger_may_relay_after_starttls(servers, certificate):
     cert, _ = certificate
     server = servers(trusted=STRANGER, tls=certificate)
     data = message("relayed by a user", "hi", sender="bhayden@example.org", to=REMOTE)
-    with connect(server) as s:
+    with smtplib_client(server.port()) as s:
         s.ehlo()
         expect(s.mail("bhayden@example.org"), replies.SENDER_OK)
         expect(s.rcpt(REMOTE), replies.RELAY_DENIED)       # not logged in yet
         s.rset()
-        s.starttls(context=tls_context(cert))
+        s.starttls(context=client_context(cert))
         s.ehlo()
         expect(login(s, "bhayden"), replies.AUTH_OK)
         msg_id = deliver(s, "bhayden@example.org", [REMOTE], data)
-    (queued, envelope), = queue_entries(server).values()
+    (queued, envelope), = server.queue_entries().values()
     assert envelope["sender"] == "bhayden@example.org"
     assert [r["address"] for r in envelope["recipients"]] == [REMOTE]
-    received, rest = split_stored(queued, sender=None)
+    received, rest = split_trace(queued, return_path=False)
     assert rest == stored_form(data)
     assert b"with ESMTPSA id " + msg_id.encode() in received
 
@@ -412,7 +280,7 @@ def tls_server(servers, certificate, **options):
 def test_submission_requires_starttls_then_login(servers, certificate):
     cert, _ = certificate
     server = tls_server(servers, certificate)
-    with connect(server, "submission") as s:
+    with smtplib_client(server.port("submission")) as s:
         code, _ = s.ehlo()
         assert code == 250
         assert s.has_extn("starttls")
@@ -422,7 +290,7 @@ def test_submission_requires_starttls_then_login(servers, certificate):
                                                         replies.AUTH_REQUIRED)], result
         expect(s.docmd("AUTH", "PLAIN"), replies.ENCRYPTION_REQUIRED)
         expect(s.docmd("AUTH", "LOGIN"), replies.ENCRYPTION_REQUIRED)
-        s.starttls(context=tls_context(cert))
+        s.starttls(context=client_context(cert))
         s.ehlo()
         assert s.has_extn("auth")
         assert set(s.esmtp_features["auth"].upper().split()) == {"PLAIN", "LOGIN"}
@@ -432,10 +300,10 @@ def test_submission_requires_starttls_then_login(servers, certificate):
         assert not s.has_extn("auth")                                  # already logged in
         msg_id = deliver(s, "bhayden@example.org", ["alice@example.org"],
                          message("submitted", "body", sender="bhayden@example.org"))
-    received, _ = split_stored(only_message(server, "alice"), sender="bhayden@example.org")
+    received, _ = split_trace(only_message(server, "alice"), "bhayden@example.org")
     assert b"with ESMTPSA id " + msg_id.encode() in received
     assert b"(using TLS" in received
-    auth = log_events(server, "auth")
+    auth = settled_events(server, "auth")
     assert [(e["mechanism"], e["user"]) for e in auth] == [("PLAIN", "bhayden")]
 
 
@@ -446,14 +314,14 @@ def test_login_mechanisms_names_and_wrong_password(servers, certificate):
                 ("LOGIN", "bhayden@example.org", False), ("PLAIN", "bhayden@example.org", True),
                 ("PLAIN", "BHayden@Example.NET", True)]
     for mechanism, user, initial in attempts:
-        with connect(server, "submission") as s:
-            s.starttls(context=tls_context(cert))
+        with smtplib_client(server.port("submission")) as s:
+            s.starttls(context=client_context(cert))
             expect(login(s, user, mechanism=mechanism, initial_response_ok=initial),
                    replies.AUTH_OK)
             expect(s.mail("bhayden@example.org"), replies.SENDER_OK)
     for mechanism in ("PLAIN", "LOGIN"):
-        with connect(server, "submission") as s:
-            s.starttls(context=tls_context(cert))
+        with smtplib_client(server.port("submission")) as s:
+            s.starttls(context=client_context(cert))
             try:
                 login(s, "bhayden", "not the password", mechanism=mechanism)
             except smtplib.SMTPAuthenticationError as error:
@@ -461,15 +329,15 @@ def test_login_mechanisms_names_and_wrong_password(servers, certificate):
             else:
                 raise AssertionError(f"{mechanism} login with a wrong password succeeded")
             expect(s.mail("bhayden@example.org"), replies.AUTH_REQUIRED)
-    assert [e["user"] for e in log_events(server, "auth")] == ["bhayden"] * len(attempts)
-    assert len(log_events(server, "auth_failed")) == 2
+    assert [e["user"] for e in settled_events(server, "auth")] == ["bhayden"] * len(attempts)
+    assert len(settled_events(server, "auth_failed")) == 2
 
 
 def test_sender_must_route_to_the_logged_in_mailbox(servers, certificate):
     cert, _ = certificate
     server = tls_server(servers, certificate)
-    with connect(server, "submission") as s:
-        s.starttls(context=tls_context(cert))
+    with smtplib_client(server.port("submission")) as s:
+        s.starttls(context=client_context(cert))
         expect(login(s, "bhayden"), replies.AUTH_OK)
         expect(s.mail("alice@example.org"), replies.SENDER_NOT_OWNED.fill(user="bhayden"))
         expect(s.mail("bhayden@gmail.example"), replies.SENDER_NOT_OWNED.fill(user="bhayden"))
@@ -477,8 +345,8 @@ def test_sender_must_route_to_the_logged_in_mailbox(servers, certificate):
                 message("from sales", "by bhayden", sender="sales@example.net"))
         deliver(s, "bhayden+lists@example.org", ["alice@example.org"],
                 message("from an extension", "by bhayden", sender="bhayden+lists@example.org"))
-    with connect(server, "submission") as s:
-        s.starttls(context=tls_context(cert))
+    with smtplib_client(server.port("submission")) as s:
+        s.starttls(context=client_context(cert))
         expect(login(s, "alice"), replies.AUTH_OK)
         expect(s.mail("bhayden@example.org"), replies.SENDER_NOT_OWNED.fill(user="alice"))
         expect(s.mail("someone@example.net"), replies.SENDER_NOT_OWNED.fill(user="alice"))
@@ -491,9 +359,8 @@ def test_sender_must_route_to_the_logged_in_mailbox(servers, certificate):
 def test_submissions_implicit_tls_verifies_and_sends(servers, certificate):
     cert, _ = certificate
     server = tls_server(servers, certificate)
-    context = tls_context(cert)
-    with smtplib.SMTP_SSL(HOST, server.port("submissions"), local_hostname=CLIENT_NAME,
-                          timeout=TIMEOUT, context=context) as s:
+    context = client_context(cert)
+    with smtplib_client(server.port("submissions"), context=context) as s:
         assert s.sock.version() in ("TLSv1.2", "TLSv1.3")
         assert s.sock.getpeercert()["subject"] == ((("commonName", "mail.example.org"),),)
         s.ehlo()
@@ -503,7 +370,7 @@ def test_submissions_implicit_tls_verifies_and_sends(servers, certificate):
         data = message("over 465", "implicit TLS", sender="alice@example.org",
                        to="bhayden@example.org")
         msg_id = deliver(s, "alice@example.org", ["bhayden@example.org"], data)
-    received, rest = split_stored(only_message(server, "bhayden"), sender="alice@example.org")
+    received, rest = split_trace(only_message(server, "bhayden"), "alice@example.org")
     assert rest == stored_form(data)
     assert b"with ESMTPSA id " + msg_id.encode() in received
     assert re.search(rb"\(using TLSv1\.[23] with cipher \S+ \(\d+/\d+ bits\)\)", received)
@@ -521,7 +388,7 @@ def test_submissions_implicit_tls_verifies_and_sends(servers, certificate):
 
 def test_auth_failures_lock_out_the_address_even_with_the_right_password(servers):
     server = servers(limits="auth_failures = 3/1m\n")
-    with connect(server) as s:
+    with smtplib_client(server.port()) as s:
         for attempt in range(3):
             try:
                 login(s, "bhayden", f"wrong {attempt}")
@@ -535,7 +402,7 @@ def test_auth_failures_lock_out_the_address_even_with_the_right_password(servers
             expect(refusal(error), replies.AUTH_LOCKED)
         else:
             raise AssertionError("locked out address could still log in")
-    with connect(server) as s:                  # a new connection does not help
+    with smtplib_client(server.port()) as s:                  # a new connection does not help
         for mechanism in ("PLAIN", "LOGIN"):
             try:
                 login(s, "alice", PASSWORD, mechanism=mechanism)
@@ -543,15 +410,15 @@ def test_auth_failures_lock_out_the_address_even_with_the_right_password(servers
                 expect(refusal(error), replies.AUTH_LOCKED)
             else:
                 raise AssertionError("locked out address could still log in")
-    assert len(log_events(server, "auth_failed")) == 3
-    assert log_events(server, "auth") == []
+    assert len(settled_events(server, "auth_failed")) == 3
+    assert settled_events(server, "auth") == []
 
 
 # ---------------------------------------------------------------- 6. limits
 
 def test_max_message_size(servers):
     server = servers(limits="max_message_size = 100K\n")
-    with connect(server) as s:
+    with smtplib_client(server.port()) as s:
         s.ehlo()
         assert s.esmtp_features.get("size") == "102400"
         expect(s.mail(SENDER, ["SIZE=200000"]), replies.MESSAGE_TOO_BIG)
@@ -560,15 +427,15 @@ def test_max_message_size(servers):
         assert len(big) > 150_000
         expect(transaction(s, SENDER, ["alice@example.org"], big), replies.MESSAGE_TOO_BIG)
         assert server.messages("alice") == []
-        assert maildir_tmp_empty(server, "alice")
+        assert server.maildir_files("alice", "tmp") == []
         small = message("small enough", *[line] * 500)           # ~50 KB
         assert 50_000 < len(small) < 102_400
         deliver(s, SENDER, ["alice@example.org"], small, options=(f"SIZE={len(small)}",))
         small2 = message("small, no SIZE", *[line] * 500)
         deliver(s, SENDER, ["alice@example.org"], small2)
-    stored = [split_stored(m)[1] for m in server.messages("alice")]
+    stored = [split_trace(m, SENDER)[1] for m in server.messages("alice")]
     assert sorted(stored) == sorted([stored_form(small), stored_form(small2)])
-    assert maildir_tmp_empty(server, "alice")
+    assert server.maildir_files("alice", "tmp") == []
 
 
 def exact_message(size: int, dotted: bool) -> bytes:
@@ -588,7 +455,7 @@ def test_size_limit_counts_message_octets_not_dot_stuffing(servers):
     dots, so the server must accept what it accepted as SIZE= at MAIL."""
     server = servers(limits="max_message_size = 100K\n")
     limit = 102400
-    with connect(server) as s:
+    with smtplib_client(server.port()) as s:
         expect(transaction(s, SENDER, ["alice@example.org"], exact_message(limit + 1, False)),
                replies.MESSAGE_TOO_BIG)
         deliver(s, SENDER, ["alice@example.org"], exact_message(limit, False),
@@ -598,12 +465,12 @@ def test_size_limit_counts_message_octets_not_dot_stuffing(servers):
                              options=(f"SIZE={limit}",))
         assert result[0] == 250, \
             f"{limit} octets with dot-stuffed lines, SIZE={limit} accepted at MAIL, then {result}"
-    assert stored_form(dotted) in [split_stored(m)[1] for m in server.messages("alice")]
+    assert stored_form(dotted) in [split_trace(m, SENDER)[1] for m in server.messages("alice")]
 
 
 def test_max_recipients(servers):
     server = servers(limits="max_recipients = 3\n")
-    with connect(server) as s:
+    with smtplib_client(server.port()) as s:
         s.ehlo()
         expect(s.mail(SENDER), replies.SENDER_OK)
         for recipient in ("alice@example.org", "bhayden@example.org", "postmaster@example.org"):
@@ -627,14 +494,14 @@ def test_accepting_filter_gets_the_message_on_stdin(servers, tmp_path):
                      "exit 0\n")
     with filter_server(tmp_path / "accept", command) as server:
         data = message("filtered", *TRICKY_BODY)
-        with connect(server) as s:
+        with smtplib_client(server.port()) as s:
             msg_id = deliver(s, SENDER, ["alice@example.org", "bhayden@example.net"], data)
         stored = only_message(server, "alice")
-        assert split_stored(stored)[1] == stored_form(data)
+        assert split_trace(stored, SENDER)[1] == stored_form(data)
         assert capture.read_bytes() == stored
         assert env_file.read_text().splitlines() == [
             SENDER, "alice@example.org bhayden@example.net", "127.0.0.1"]
-        filtered = log_events(server, "filter")
+        filtered = settled_events(server, "filter")
         assert [(e["msg"], e["result"]) for e in filtered] == [(msg_id, "accept")]
 
 
@@ -644,24 +511,24 @@ def test_rejecting_filter_refuses_strangers_only(servers, tmp_path):
                      f"cat > /dev/null\necho run >> {shlex.quote(str(runs))}\n"
                      "echo 'spam detected' >&2\nexit 1\n")
     with filter_server(tmp_path / "reject", command) as server:
-        with connect(server) as s:
+        with smtplib_client(server.port()) as s:
             expect(transaction(s, SENDER, ["alice@example.org"], message("spam", "buy")),
                    replies.FILTER_REJECTED)
             assert server.messages("alice") == []
-            assert maildir_tmp_empty(server, "alice")
+            assert server.maildir_files("alice", "tmp") == []
             # a logged-in user skips the filter (plaintext login is fine on loopback)
             expect(login(s, "bhayden"), replies.AUTH_OK)
             deliver(s, "bhayden@example.org", ["alice@example.org"],
                     message("from a user", "not spam", sender="bhayden@example.org"))
         assert len(server.messages("alice")) == 1
         assert runs.read_text() == "run\n"
-        refused = log_events(server, "data_refused")
+        refused = settled_events(server, "data_refused")
         assert len(refused) == 1
         assert refused[0]["reply"] == "550"
         assert refused[0]["reason"] == "filter exit 1: spam detected"
     # a trusted client skips it too
     with filter_server(tmp_path / "trusted", command, trusted="127.0.0.0/8, ::1/128") as server:
-        with connect(server) as s:
+        with smtplib_client(server.port()) as s:
             deliver(s, SENDER, ["alice@example.org"], message("trusted", "not filtered"))
         assert len(server.messages("alice")) == 1
         assert runs.read_text() == "run\n"
@@ -670,20 +537,21 @@ def test_rejecting_filter_refuses_strangers_only(servers, tmp_path):
 def test_filter_exit_75_is_a_temporary_failure(servers, tmp_path):
     command = script(tmp_path / "bin", "tempfail.sh", "cat > /dev/null\nexit 75\n")
     with filter_server(tmp_path / "tempfail", command) as server:
-        with connect(server) as s:
+        with smtplib_client(server.port()) as s:
             expect(transaction(s, SENDER, ["alice@example.org"], message("later", "x")),
                    replies.FILTER_TEMPFAIL)
             # the session goes on: the next message gets the same answer
             expect(transaction(s, SENDER, ["bhayden@example.org"], message("later", "y")),
                    replies.FILTER_TEMPFAIL)
         assert server.messages("alice") == [] and server.messages("bhayden") == []
-        assert maildir_tmp_empty(server, "alice") and maildir_tmp_empty(server, "bhayden")
+        assert server.maildir_files("alice", "tmp") == []
+        assert server.maildir_files("bhayden", "tmp") == []
 
 
 def test_slow_filter_times_out_as_a_temporary_failure(servers, tmp_path):
     command = script(tmp_path / "bin", "slow.sh", "cat > /dev/null\nsleep 8\nexit 0\n")
     with filter_server(tmp_path / "slow", command, timeout="1s") as server:
-        with connect(server) as s:
+        with smtplib_client(server.port()) as s:
             s.ehlo()
             expect(s.mail(SENDER), replies.SENDER_OK)
             expect(s.rcpt("alice@example.org"), replies.RECIPIENT_OK)
@@ -693,7 +561,7 @@ def test_slow_filter_times_out_as_a_temporary_failure(servers, tmp_path):
         expect(result, replies.FILTER_TEMPFAIL)
         assert elapsed < 5, f"filter_timeout = 1s, but the reply took {elapsed:.1f}s"
         assert server.messages("alice") == []
-        refused = log_events(server, "data_refused")
+        refused = settled_events(server, "data_refused")
         assert len(refused) == 1 and refused[0]["reason"] == "filter timed out after 1s"
 
 
@@ -728,16 +596,12 @@ def test_timed_out_filter_is_killed_with_its_children(servers, tmp_path):
                      "wait\nexit 0\n")
     try:
         with filter_server(tmp_path / "hangs", command, timeout="1s") as server:
-            with connect(server) as s:
+            with smtplib_client(server.port()) as s:
                 expect(transaction(s, SENDER, ["alice@example.org"], message("hangs", "x")),
                        replies.FILTER_TEMPFAIL)
             pid = int(pid_file.read_text())
-            for _ in range(30):
-                if not process_alive(pid):
-                    break
-                time.sleep(0.1)
-            assert not process_alive(pid), \
-                f"the timed-out filter's child (pid {pid}) is still running"
+            wait_until(lambda: not process_alive(pid), 3.0, interval=0.1,
+                       what=f"the timed-out filter's child (pid {pid}) gone")
     finally:
         kill_leftover_sleep(pid_file)
 
@@ -751,7 +615,7 @@ def test_filter_exit_0_is_accepted_at_once_though_a_background_job_runs_on(serve
                      "exit 0\n")
     try:
         with filter_server(tmp_path / "background", command, timeout="3s") as server:
-            with connect(server) as s:
+            with smtplib_client(server.port()) as s:
                 s.ehlo()
                 expect(s.mail(SENDER), replies.SENDER_OK)
                 expect(s.rcpt("alice@example.org"), replies.RECIPIENT_OK)
@@ -774,7 +638,7 @@ def test_swaks_plain_smtp(servers):
                  "--header", "Subject: swaks test")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "<-  250 2.0.0 OK: queued as " in done.stdout
-    received, rest = split_stored(only_message(server, "alice"), sender="a@example.com")
+    received, rest = split_trace(only_message(server, "alice"), "a@example.com")
     assert received.startswith(b"Received: from swaks.example.com ([127.0.0.1])\n")
     assert b"\nSubject: swaks test\n" in b"\n" + rest
     assert b"\n\nSent by swaks.\nSecond line.\n" in rest
@@ -790,7 +654,7 @@ def test_swaks_starttls_and_auth_on_submission(servers, certificate):
                  "--header", "Subject: swaks submission")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "<~  235 2.7.0 Authentication successful" in done.stdout
-    received, rest = split_stored(only_message(server, "alice"), sender="bhayden@example.org")
+    received, rest = split_trace(only_message(server, "alice"), "bhayden@example.org")
     assert b"with ESMTPSA id " in received and b"(using TLS" in received
     assert b"Subject: swaks submission\n" in rest and b"\n\nSubmitted by swaks.\n" in rest
     # and without TLS the same client cannot log in at all
@@ -806,45 +670,42 @@ def test_swaks_starttls_and_auth_on_submission(servers, certificate):
 def test_ipv6_loopback(servers):
     server = servers(listen={"smtp": "[::1]:0"})
     data = message("over IPv6", "hello from ::1")
-    with connect(server, host="::1") as s:
+    with smtplib_client(server.port(), host="::1") as s:
         assert s.sock.family == socket.AF_INET6
         deliver(s, SENDER, ["alice@example.org", REMOTE], data)   # ::1/128 is trusted
-    received, rest = split_stored(only_message(server, "alice"))
+    received, rest = split_trace(only_message(server, "alice"), SENDER)
     assert rest == stored_form(data)
     assert received.startswith(b"Received: from client.example.com ([::1])\n")
-    assert len(queue_entries(server)) == 1
-    raw = RawClient("::1", server.port(), socket.AF_INET6)
-    try:
-        assert raw.reply()[0] == 220
-        code, lines = raw.command("EHLO v6.example.com")
-        assert code == 250 and lines[0] == "mail.example.org Hello v6.example.com [::1]"
-    finally:
-        raw.close()
+    assert len(server.queue_entries()) == 1
+    with SmtpClient(server.port(), host="::1") as raw:
+        assert raw.sock.family == socket.AF_INET6
+        assert raw.reply().code == 220
+        ehlo = raw.cmd("EHLO v6.example.com")
+        assert ehlo.code == 250 and ehlo.lines[0] == "mail.example.org Hello v6.example.com [::1]"
 
 
 # ---------------------------------------------------------------- 10. SMTPUTF8
 
 def test_smtputf8_sender(servers):
     server = servers()
-    raw = RawClient(HOST, server.port())
-    try:
-        code, lines = raw.reply()
-        assert code == 220 and lines == [replies.GREETING.fill(host="mail.example.org").text]
-        code, lines = raw.command("EHLO client.example.com")
-        assert code == 250 and "SMTPUTF8" in lines and "8BITMIME" in lines
-        raw_expect(raw.command("MAIL FROM:<jösé@example.com>"), replies.NEEDS_SMTPUTF8)
-        raw_expect(raw.command("MAIL FROM:<jösé@example.com> SMTPUTF8"), replies.SENDER_OK)
-        raw_expect(raw.command("RCPT TO:<alice@example.org>"), replies.RECIPIENT_OK)
-        raw_expect(raw.command("DATA"), replies.START_DATA)
+    with SmtpClient(server.port()) as raw:
+        greeting = raw.reply()
+        assert greeting.code == 220
+        assert greeting.lines == [replies.GREETING.fill(host="mail.example.org").text]
+        ehlo = raw.cmd("EHLO client.example.com")
+        assert ehlo.code == 250 and "SMTPUTF8" in ehlo.lines and "8BITMIME" in ehlo.lines
+        for line, reply in (("MAIL FROM:<jösé@example.com>", replies.NEEDS_SMTPUTF8),
+                            ("MAIL FROM:<jösé@example.com> SMTPUTF8", replies.SENDER_OK),
+                            ("RCPT TO:<alice@example.org>", replies.RECIPIENT_OK),
+                            ("DATA", replies.START_DATA)):
+            raw.cmd(line).assert_is(reply, exact_text=True)
         body = ("From: José <jösé@example.com>\r\nTo: alice@example.org\r\n"
                 "Subject: Grüße ✓\r\n\r\n..dot-stuffed\r\nÜnïcødé body\r\n")
-        raw.sock.sendall(body.encode("utf-8") + b".\r\n")
-        code, lines = raw.reply()
-        assert code == 250, lines
-        raw_expect(raw.command("QUIT"), replies.BYE)
-    finally:
-        raw.close()
-    received, rest = split_stored(only_message(server, "alice"), sender="jösé@example.com")
+        raw.send(body.encode("utf-8") + b".\r\n")
+        accepted = raw.reply()
+        assert accepted.code == 250, accepted
+        raw.cmd("QUIT").assert_is(replies.BYE, exact_text=True)
+    received, rest = split_trace(only_message(server, "alice"), "jösé@example.com")
     assert b" with UTF8SMTP" in received
     assert rest == body.replace("\r\n", "\n").replace("\n..dot", "\n.dot").encode("utf-8")
 
@@ -854,40 +715,40 @@ def test_smtputf8_sender(servers):
 def test_log_ties_the_message_together(servers):
     server = servers()
     data = message("logged", "see the log")
-    with connect(server) as s:
+    with smtplib_client(server.port()) as s:
         msg_id = deliver(s, SENDER, ["alice@example.org", "sales@example.net"], data)
     server.wait_for_log(f"msg={msg_id}")
-    accepted = log_events(server, "accepted")
+    accepted = settled_events(server, "accepted")
     assert len(accepted) == 1
     event = accepted[0]
     assert event["msg"] == msg_id
     assert event["sender"] == f"<{SENDER}>"
     assert int(event["size"]) == len(data)
     assert event["mailboxes"] == "alice,bhayden"
-    rcpts = [(e["to"], e["result"], e["mailboxes"]) for e in log_events(server, "rcpt")
+    rcpts = [(e["to"], e["result"], e["mailboxes"]) for e in settled_events(server, "rcpt")
              if e.get("msg") == msg_id]
     assert rcpts == [("<alice@example.org>", "local", "alice"),
                      ("<sales@example.net>", "local", "alice,bhayden")]
     session = event["session"]
-    assert all(e["session"] == session for e in log_events(server, "rcpt"))
+    assert all(e["session"] == session for e in settled_events(server, "rcpt"))
 
 
 def test_auth_secrets_never_reach_the_debug_log(servers):
     server = servers()                    # log_level = debug
     wrong = "Wr0ng-s3cret-XYZ"
-    with connect(server) as s:
+    with smtplib_client(server.port()) as s:
         expect(login(s, "bhayden", PASSWORD, "PLAIN"), replies.AUTH_OK)
-    with connect(server) as s:
+    with smtplib_client(server.port()) as s:
         expect(login(s, "alice", PASSWORD, "LOGIN", initial_response_ok=False),
                replies.AUTH_OK)
-    with connect(server) as s:
+    with smtplib_client(server.port()) as s:
         try:
             login(s, "alice", wrong, "LOGIN")
         except smtplib.SMTPAuthenticationError as error:
             expect(refusal(error), replies.AUTH_FAILED)
         else:
             raise AssertionError("wrong password accepted")
-    with connect(server) as s:
+    with smtplib_client(server.port()) as s:
         try:
             login(s, "bhayden", wrong, "PLAIN")
         except smtplib.SMTPAuthenticationError as error:
@@ -909,7 +770,7 @@ def test_auth_secrets_never_reach_the_debug_log(servers):
 
 def test_vrfy_help_expn(servers):
     server = servers()
-    with connect(server) as s:
+    with smtplib_client(server.port()) as s:
         s.ehlo()
         for who in ("alice", "alice@example.org", "nobody", "nobody@example.org",
                     "sales@example.net"):

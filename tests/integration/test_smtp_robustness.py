@@ -10,254 +10,35 @@ and the files in the Maildir.
 from __future__ import annotations
 
 import random
-import re
-import select
 import signal
-import smtplib
-import socket
-import ssl
-import struct
 import time
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from lib.core import replies  # noqa: E402
-from lib.core.replies import Reply  # noqa: E402
-from lib.smtp.session import MAX_BAD_COMMANDS  # noqa: E402
+from lib.core import replies
+from lib.smtp.session import MAX_BAD_COMMANDS
 
-from ..support import ROOT  # noqa: F401  (puts the project on sys.path)
+from ..helpers.clients import SmtpClient, smtplib_client, submit
+from ..helpers.mail import content_of
+from ..helpers.tls import client_context
+from ..helpers.waiting import wait_until
 
-HOST = "127.0.0.1"
-IO_TIMEOUT = 10.0            # every socket read or write
-CLOSE_TIMEOUT = 3.0          # how long we wait for the server to close a connection
 NOTICE_TIMEOUT = 5.0         # how long the server may take to notice a vanished client
-MAX_REPLY_LINES = 200        # a reply longer than this is a runaway
-MAX_BUFFERED = 1 << 20
-
-_REPLY_LINE = re.compile(r"(\d{3})([ -])(.*)\Z", re.DOTALL)
-_ENHANCED = re.compile(r"([245]\.\d{1,3}\.\d{1,3})(?: |\Z)")
-
-
-# ---------------------------------------------------------------- a raw SMTP client
-
-@dataclass
-class Answer:
-    """One SMTP reply as received (possibly multi-line)."""
-    code: int
-    lines: list[str]
-
-    @property
-    def enhanced(self) -> str | None:
-        match = _ENHANCED.match(self.lines[0])
-        return match.group(1) if match else None
-
-    @property
-    def text(self) -> str:
-        """The text of every line without the enhanced code, joined by newlines."""
-        prefix = f"{self.enhanced} " if self.enhanced else ""
-        return "\n".join(line[len(prefix):] if line.startswith(prefix) else line
-                         for line in self.lines)
-
-    def is_(self, reply: Reply) -> bool:
-        return self.code == reply.code and self.enhanced == reply.enhanced
-
-    def __str__(self) -> str:
-        return " / ".join(f"{self.code} {line}" for line in self.lines)
-
-
-class Client:
-    """A raw SMTP connection: bytes out exactly as given, replies parsed."""
-
-    def __init__(self, port: int, timeout: float = IO_TIMEOUT):
-        self.sock: socket.socket = socket.create_connection((HOST, port), timeout=timeout)
-        self.sock.settimeout(timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buf = b""
-        self.eof = False
-
-    # ---- bytes
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def _fill(self) -> bool:
-        try:
-            data = self.sock.recv(65536)
-        except ConnectionResetError:
-            data = b""
-        if not data:
-            self.eof = True
-            return False
-        self.buf += data
-        assert len(self.buf) < MAX_BUFFERED, "the server sent far too much"
-        return True
-
-    def read_line(self) -> bytes | None:
-        """One line with its CRLF; None when the server closed the connection."""
-        while b"\n" not in self.buf:
-            if self.eof or not self._fill():
-                return None
-        line, _, self.buf = self.buf.partition(b"\n")
-        return line + b"\n"
-
-    # ---- replies
-    def reply(self) -> Answer:
-        lines: list[str] = []
-        for _ in range(MAX_REPLY_LINES):
-            raw = self.read_line()
-            if raw is None:
-                raise AssertionError(f"connection closed while waiting for a reply "
-                                     f"(partial reply: {lines}, unparsed: {self.buf!r})")
-            assert raw.endswith(b"\r\n"), f"reply line not ended by CRLF: {raw!r}"
-            match = _REPLY_LINE.match(raw[:-2].decode("utf-8", "replace"))
-            assert match, f"not an SMTP reply line: {raw!r}"
-            code, more, text = int(match.group(1)), match.group(2) == "-", match.group(3)
-            if lines:
-                assert code == first_code, f"code changed inside a multi-line reply: {raw!r}"
-            first_code = code
-            lines.append(text)
-            if not more:
-                return Answer(code, lines)
-        raise AssertionError(f"reply of more than {MAX_REPLY_LINES} lines")
-
-    def replies(self, count: int) -> list[Answer]:
-        return [self.reply() for _ in range(count)]
-
-    def expect(self, reply: Reply, *, exact_text: bool = False) -> Answer:
-        answer = self.reply()
-        assert answer.is_(reply), f"expected {reply}, got {answer}"
-        if exact_text:
-            assert answer.text == reply.text, f"expected {reply}, got {answer}"
-        return answer
-
-    def cmd(self, line: str | bytes) -> Answer:
-        self.send((line.encode() if isinstance(line, str) else line) + b"\r\n")
-        return self.reply()
-
-    def greet(self, ehlo: str = "client.example") -> Answer:
-        greeting = self.reply()
-        assert greeting.code == replies.GREETING.code, f"greeting: {greeting}"
-        answer = self.cmd(f"EHLO {ehlo}")
-        assert answer.code == 250 and len(answer.lines) > 1, f"EHLO: {answer}"
-        return answer
-
-    def replies_until_closed(self, limit: int = 100,
-                             timeout: float = CLOSE_TIMEOUT) -> list[Answer]:
-        """Every reply until the server closes the connection (bounded in count and
-        in time: `timeout` seconds of silence without a close is a failure)."""
-        found = []
-        self.sock.settimeout(timeout)
-        try:
-            for _ in range(limit):
-                if not self.buf:
-                    try:
-                        if not self._fill():
-                            return found
-                    except TimeoutError:
-                        raise AssertionError(
-                            f"server did not close the connection within {timeout}s; "
-                            f"replies so far: {[str(a) for a in found]}") from None
-                found.append(self.reply())
-        finally:
-            self.sock.settimeout(IO_TIMEOUT)
-        raise AssertionError(f"more than {limit} replies: {[str(a) for a in found]}")
-
-    def assert_closed(self, timeout: float = CLOSE_TIMEOUT) -> None:
-        """The server closes the connection without sending anything more."""
-        self.sock.settimeout(timeout)
-        try:
-            while not self.eof:
-                assert not self.buf, f"unexpected data before close: {self.buf!r}"
-                try:
-                    self._fill()
-                except TimeoutError:
-                    raise AssertionError(f"connection still open after {timeout}s") from None
-            assert not self.buf, f"unexpected data before close: {self.buf!r}"
-        finally:
-            self.sock.settimeout(IO_TIMEOUT)
-
-    def nothing_pending(self, wait: float = 0.3) -> bool:
-        """True when no byte arrives within `wait` seconds (and none is buffered)."""
-        if self.buf:
-            return False
-        readable, _, _ = select.select([self.sock], [], [], wait)
-        return not readable
-
-    def starttls(self, context: ssl.SSLContext, hostname: str = "mail.example.org") -> None:
-        assert not self.buf, f"cleartext bytes received before the TLS handshake: {self.buf!r}"
-        self.sock = context.wrap_socket(self.sock, server_hostname=hostname)
-        self.sock.settimeout(IO_TIMEOUT)
-
-    def abort(self) -> None:
-        """Close with a TCP RST instead of a FIN."""
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        self.close()
-
-    def close(self) -> None:
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-
-@pytest.fixture
-def connect(servers):
-    """connect(server) -> a Client on its smtp port; every client is closed at the end
-    (before the servers are stopped)."""
-    opened: list[Client] = []
-
-    def make(server, kind: str = "smtp") -> Client:
-        client = Client(server.port(kind))
-        opened.append(client)
-        return client
-
-    yield make
-    for client in opened:
-        client.close()
 
 
 # ---------------------------------------------------------------- Maildir helpers
-
-def files_in(server, mailbox: str, sub: str) -> list[Path]:
-    folder = server.maildir(mailbox, sub)
-    return sorted(p for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
-
 
 def delivered(server, mailbox: str = "bhayden") -> list[bytes]:
     return server.messages(mailbox)
 
 
-def wait_until(condition, timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if condition():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-
-
 def assert_tmp_emptied(server, mailbox: str = "bhayden") -> None:
     """The server notices the client is gone and removes the half-written file."""
-    if not wait_until(lambda: not files_in(server, mailbox, "tmp"), NOTICE_TIMEOUT):
-        raise AssertionError(f"left in {mailbox}/tmp after {NOTICE_TIMEOUT}s: "
-                             f"{[p.name for p in files_in(server, mailbox, 'tmp')]}\n"
-                             f"{server.log_text()[-2000:]}")
-
-
-def content_of(stored: bytes) -> bytes:
-    """A stored message without the Return-Path: and Received: lines the server prepends."""
-    assert stored.startswith(b"Return-Path: "), stored[:200]
-    rest = stored.split(b"\n", 1)[1]
-    assert rest.startswith(b"Received: "), stored[:400]
-    position = rest.index(b"\n") + 1
-    for _ in range(20):                       # continuation lines of Received:
-        if rest[position:position + 1] not in (b"\t", b" "):
-            break
-        position = rest.index(b"\n", position) + 1
-    return rest[position:]
+    wait_until(lambda: not server.maildir_files(mailbox, "tmp"), NOTICE_TIMEOUT,
+               what=f"{mailbox}/tmp emptied",
+               detail=lambda: f"left: {[p.name for p in server.maildir_files(mailbox, 'tmp')]}"
+                              f"\n{server.log_text()[-2000:]}")
 
 
 def sample_message(token: str) -> bytes:
@@ -276,26 +57,20 @@ def sample_message(token: str) -> bytes:
             f"last line\r\n").encode()
 
 
-def smtplib_send(port: int, message: bytes, recipients=("bhayden@example.org",)) -> None:
-    with smtplib.SMTP(HOST, port, local_hostname="client.example", timeout=IO_TIMEOUT) as smtp:
-        refused = smtp.sendmail("sender@example.com", list(recipients), message,
-                                mail_options=["BODY=8BITMIME"])
-        assert refused == {}
-
-
 def assert_still_accepts_mail(server, mailbox: str = "bhayden") -> None:
     """A fresh connection delivers a normal message, stored byte for byte."""
     before = len(delivered(server, mailbox))
     token = uuid.uuid4().hex
     message = sample_message(token)
-    smtplib_send(server.port("smtp"), message)
+    submit(server.port("smtp"), "sender@example.com", ["bhayden@example.org"], message,
+           mail_options=("BODY=8BITMIME",))
     after = delivered(server, mailbox)
     assert len(after) == before + 1, "the follow-up message was not delivered exactly once"
     [stored] = [m for m in after if token.encode() in m]
     assert content_of(stored) == message.replace(b"\r\n", b"\n")
 
 
-def open_transaction(client: Client, rcpt: str = "bhayden@example.org") -> None:
+def open_transaction(client: SmtpClient, rcpt: str = "bhayden@example.org") -> None:
     """Greeting, EHLO, MAIL, RCPT, DATA -> 354."""
     client.greet()
     client.send(f"MAIL FROM:<sender@example.com>\r\nRCPT TO:<{rcpt}>\r\nDATA\r\n".encode())
@@ -335,14 +110,14 @@ def smuggling_payload(fake_end: bytes, token: str) -> tuple[bytes, bytes]:
 
 @pytest.mark.parametrize("fake_end", list(SMUGGLING_VARIANTS.values()),
                          ids=list(SMUGGLING_VARIANTS))
-def test_smuggled_end_of_data_stays_inside_the_message(servers, connect, fake_end):
+def test_smuggled_end_of_data_stays_inside_the_message(servers, raw_smtp, fake_end):
     server = servers()
     # Once in a single write, once with the fake end dribbled byte by byte so it
     # straddles the server's reads.
     for round_number, dribble in enumerate((False, True), start=1):
         token = uuid.uuid4().hex
         data, smuggled = smuggling_payload(fake_end, token)
-        client = connect(server)
+        client = raw_smtp(server)
         open_transaction(client)
         if dribble:
             cut = data.index(fake_end)
@@ -373,19 +148,15 @@ def test_smuggled_end_of_data_stays_inside_the_message(servers, connect, fake_en
 
 # ---------------------------------------------------------------- 2. STARTTLS injection
 
-def tls_context(cert: Path) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=str(cert))
-
-
-def test_starttls_drops_a_pipelined_rset(servers, connect, certificate):
+def test_starttls_drops_a_pipelined_rset(servers, raw_smtp, certificate):
     server = servers(tls=certificate)
-    client = connect(server)
+    client = raw_smtp(server)
     ehlo = client.greet()
     assert "STARTTLS" in ehlo.lines
     client.send(b"STARTTLS\r\nRSET\r\n")
     client.expect(replies.READY_FOR_TLS)
     assert client.nothing_pending(), f"cleartext after the 220: {client.buf!r}"
-    client.starttls(tls_context(certificate[0]))
+    client.starttls(client_context(certificate[0]))
     # The first reply inside TLS answers our NOOP, not the injected RSET.
     first = client.cmd("NOOP")
     assert first.is_(replies.OK) and first.text == replies.OK.text, \
@@ -403,16 +174,17 @@ def test_starttls_drops_a_pipelined_rset(servers, connect, certificate):
         [str(a) for a in answers]
 
 
-def test_starttls_drops_a_pipelined_mail_from(servers, connect, certificate):
+def test_starttls_drops_a_pipelined_mail_from(servers, raw_smtp, certificate):
     server = servers(tls=certificate)
-    client = connect(server)
+    client = raw_smtp(server)
     client.greet()
     client.send(b"STARTTLS\r\nMAIL FROM:<a@b.example>\r\n")
     client.expect(replies.READY_FOR_TLS)
     assert client.nothing_pending(), f"cleartext after the 220: {client.buf!r}"
-    client.starttls(tls_context(certificate[0]))
+    client.starttls(client_context(certificate[0]))
     first = client.cmd("EHLO client.example")
-    assert first.code == 250 and first.lines[0].startswith("mail.example.org Hello client.example"), \
+    assert first.code == 250, f"first reply inside TLS is not the EHLO answer: {first}"
+    assert first.lines[0].startswith("mail.example.org Hello client.example"), \
         f"first reply inside TLS is not the EHLO answer: {first}"
     # The injected MAIL opened no transaction.
     rcpt = client.cmd("RCPT TO:<bhayden@example.org>")
@@ -429,25 +201,25 @@ def test_starttls_drops_a_pipelined_mail_from(servers, connect, certificate):
     assert b"Return-Path: <sender@example.com>" in stored
 
 
-def test_mail_before_ehlo_after_starttls_is_a_bad_sequence(servers, connect, certificate):
+def test_mail_before_ehlo_after_starttls_is_a_bad_sequence(servers, raw_smtp, certificate):
     server = servers(tls=certificate)
-    client = connect(server)
+    client = raw_smtp(server)
     client.greet()
     assert client.cmd("MAIL FROM:<sender@example.com>").is_(replies.SENDER_OK)
     # STARTTLS is refused inside a transaction ...
     assert client.cmd("STARTTLS").is_(replies.BAD_SEQUENCE)
     assert client.cmd("RSET").is_(replies.RESET_OK)
     assert client.cmd("STARTTLS").is_(replies.READY_FOR_TLS)
-    client.starttls(tls_context(certificate[0]))
+    client.starttls(client_context(certificate[0]))
     assert client.cmd("MAIL FROM:<sender@example.com>").code == replies.BAD_SEQUENCE.code
     assert client.cmd("RCPT TO:<bhayden@example.org>").code == replies.BAD_SEQUENCE.code
 
 
 # ---------------------------------------------------------------- 3. overlong lines
 
-def test_command_line_limit_is_512_octets(servers, connect):
+def test_command_line_limit_is_512_octets(servers, raw_smtp):
     server = servers()
-    client = connect(server)
+    client = raw_smtp(server)
     client.greet()
     exactly = b"NOOP " + b"x" * (512 - len(b"NOOP ") - 2)
     assert len(exactly + b"\r\n") == 512
@@ -458,8 +230,8 @@ def test_command_line_limit_is_512_octets(servers, connect):
     # An overlong line in the middle of a pipelined group: one 500 for it, the rest answered.
     client.send(b"NOOP\r\nMAIL FROM:<" + b"z" * 700 + b"@example.com>\r\nNOOP\r\n")
     assert [a.is_(r) for a, r in zip(client.replies(3),
-                                      (replies.OK, replies.LINE_TOO_LONG, replies.OK))] == \
-        [True, True, True]
+                                      (replies.OK, replies.LINE_TOO_LONG, replies.OK),
+                                      strict=True)] == [True, True, True]
     # A transaction still works afterwards.
     client.send(b"MAIL FROM:<sender@example.com>\r\nRCPT TO:<bhayden@example.org>\r\nDATA\r\n")
     client.expect(replies.SENDER_OK)
@@ -470,9 +242,9 @@ def test_command_line_limit_is_512_octets(servers, connect):
     assert len(delivered(server)) == 1
 
 
-def test_100k_command_line_without_newline_then_newline(servers, connect):
+def test_100k_command_line_without_newline_then_newline(servers, raw_smtp):
     server = servers()
-    client = connect(server)
+    client = raw_smtp(server)
     client.greet()
     client.send(b"NOOP " + b"A" * 100_000)
     assert client.nothing_pending(0.3), f"answered before the line ended: {client.buf!r}"
@@ -483,14 +255,14 @@ def test_100k_command_line_without_newline_then_newline(servers, connect):
     assert_still_accepts_mail(server)
 
 
-def test_data_line_over_998_octets_is_refused_and_nothing_delivered(servers, connect):
+def test_data_line_over_998_octets_is_refused_and_nothing_delivered(servers, raw_smtp):
     server = servers()
-    client = connect(server)
+    client = raw_smtp(server)
     open_transaction(client)
     client.send(b"Subject: long line\r\n\r\n" + b"a" * 999 + b"\r\nshort line\r\n.\r\n")
     client.expect(replies.DATA_LINE_TOO_LONG)
     assert delivered(server) == []
-    assert files_in(server, "bhayden", "tmp") == []
+    assert server.maildir_files("bhayden", "tmp") == []
     # A huge line, sent in pieces.
     client.send(b"MAIL FROM:<sender@example.com>\r\nRCPT TO:<bhayden@example.org>\r\nDATA\r\n")
     client.expect(replies.SENDER_OK)
@@ -516,9 +288,9 @@ def test_data_line_over_998_octets_is_refused_and_nothing_delivered(servers, con
 
 # ---------------------------------------------------------------- 4. NUL bytes
 
-def test_nul_in_a_command_is_refused_and_the_session_goes_on(servers, connect):
+def test_nul_in_a_command_is_refused_and_the_session_goes_on(servers, raw_smtp):
     server = servers()
-    client = connect(server)
+    client = raw_smtp(server)
     client.greet()
     assert client.cmd(b"NOOP\x00").is_(replies.NUL_IN_COMMAND)
     assert client.cmd(b"MAIL FROM:<sen\x00der@example.com>").is_(replies.NUL_IN_COMMAND)
@@ -530,9 +302,9 @@ def test_nul_in_a_command_is_refused_and_the_session_goes_on(servers, connect):
     assert_still_accepts_mail(server)
 
 
-def test_nul_in_message_content_is_stored_as_is(servers, connect):
+def test_nul_in_message_content_is_stored_as_is(servers, raw_smtp):
     server = servers()
-    client = connect(server)
+    client = raw_smtp(server)
     open_transaction(client)
     body = (b"Subject: nul\x00inside\r\n\r\n"
             b"before\x00after\r\n\x00\r\n\x00\x00\x00 three\r\nend\x00\r\n")
@@ -556,25 +328,25 @@ def random_lines(count: int, seed: int) -> list[bytes]:
     return lines
 
 
-def test_random_binary_lines_get_500_and_the_session_survives(servers, connect):
+def test_random_binary_lines_get_500_and_the_session_survives(servers, raw_smtp):
     server = servers()
-    client = connect(server)
+    client = raw_smtp(server)
     client.greet()
     lines = random_lines(8, seed=51764)
     for line in lines[:4]:                       # one at a time
         answer = client.cmd(line)
         assert answer.code == 500, f"{line!r} -> {answer}"
     client.send(b"".join(line + b"\r\n" for line in lines[4:]))    # pipelined
-    for line, answer in zip(lines[4:], client.replies(4)):
+    for line, answer in zip(lines[4:], client.replies(4), strict=True):
         assert answer.code == 500, f"{line!r} -> {answer}"
     assert client.cmd("NOOP").is_(replies.OK)
     assert client.cmd("QUIT").is_(replies.BYE)
     assert_still_accepts_mail(server)
 
 
-def test_flood_of_unknown_commands_gets_421_and_close(servers, connect):
+def test_flood_of_unknown_commands_gets_421_and_close(servers, raw_smtp):
     server = servers()
-    client = connect(server)
+    client = raw_smtp(server)
     client.greet()
     client.send(b"XYZZY\r\n" * (MAX_BAD_COMMANDS + 5))
     answers = client.replies_until_closed()
@@ -585,11 +357,11 @@ def test_flood_of_unknown_commands_gets_421_and_close(servers, connect):
     assert_still_accepts_mail(server)
 
 
-def test_flood_of_syntax_errors_gets_421_and_close(servers, connect):
+def test_flood_of_syntax_errors_gets_421_and_close(servers, raw_smtp):
     """More than 20 errors of any kind (500, 501, 503) end the session, not only unknown
     commands: a client repeating a broken MAIL FROM forever is the same nuisance."""
     server = servers()
-    client = connect(server)
+    client = raw_smtp(server)
     client.greet()
     client.send(b"MAIL FROM:<not an address>\r\n" * (MAX_BAD_COMMANDS + 5))
     answers = client.replies_until_closed(limit=MAX_BAD_COMMANDS + 10)
@@ -598,9 +370,9 @@ def test_flood_of_syntax_errors_gets_421_and_close(servers, connect):
     assert answers[-1].is_(replies.TOO_MANY_ERRORS)
 
 
-def test_mixed_errors_count_towards_the_limit(servers, connect):
+def test_mixed_errors_count_towards_the_limit(servers, raw_smtp):
     server = servers()
-    client = connect(server)
+    client = raw_smtp(server)
     client.greet()
     group = b"XYZZY\r\nRCPT TO:<bhayden@example.org>\r\nEHLO\r\n"     # 500, 503, 501
     client.send(group * 10)
@@ -611,9 +383,9 @@ def test_mixed_errors_count_towards_the_limit(servers, connect):
 
 @pytest.mark.parametrize("request_line", [b"GET / HTTP/1.1", b"POST /cgi-bin/x HTTP/1.0",
                                           b"CONNECT mail.example.org:25 HTTP/1.1"])
-def test_http_request_gets_221_and_close(servers, connect, request_line):
+def test_http_request_gets_221_and_close(servers, raw_smtp, request_line):
     server = servers()
-    client = connect(server)
+    client = raw_smtp(server)
     greeting = client.reply()
     assert greeting.code == 220
     client.send(request_line + b"\r\nHost: mail.example.org\r\nUser-Agent: test\r\n\r\n")
@@ -634,9 +406,9 @@ DISCONNECTS = {
 
 
 @pytest.mark.parametrize("sent, reset", list(DISCONNECTS.values()), ids=list(DISCONNECTS))
-def test_client_disconnect_during_data_delivers_nothing(servers, connect, sent, reset):
+def test_client_disconnect_during_data_delivers_nothing(servers, raw_smtp, sent, reset):
     server = servers()
-    client = connect(server)
+    client = raw_smtp(server)
     open_transaction(client)
     if sent:
         client.send(sent)
@@ -646,14 +418,14 @@ def test_client_disconnect_during_data_delivers_nothing(servers, connect, sent, 
     assert delivered(server) == []
     server.wait_for_log("event=disconnect", timeout=NOTICE_TIMEOUT)
     assert_still_accepts_mail(server)
-    assert files_in(server, "bhayden", "tmp") == []
+    assert server.maildir_files("bhayden", "tmp") == []
 
 
 # ---------------------------------------------------------------- 7. slow clients
 
-def test_idle_client_is_timed_out(servers, connect):
+def test_idle_client_is_timed_out(servers, raw_smtp):
     server = servers(limits="command_timeout = 2s\n")
-    client = connect(server)
+    client = raw_smtp(server)
     client.greet()
     # Activity keeps the session alive past the timeout ...
     for _ in range(3):
@@ -669,9 +441,9 @@ def test_idle_client_is_timed_out(servers, connect):
     client.assert_closed()
 
 
-def test_silent_client_right_after_greeting_is_timed_out(servers, connect):
+def test_silent_client_right_after_greeting_is_timed_out(servers, raw_smtp):
     server = servers(limits="command_timeout = 2s\n")
-    client = connect(server)
+    client = raw_smtp(server)
     assert client.reply().code == 220
     started = time.monotonic()
     client.expect(replies.TIMEOUT)
@@ -679,9 +451,9 @@ def test_silent_client_right_after_greeting_is_timed_out(servers, connect):
     client.assert_closed()
 
 
-def test_client_stalling_in_data_is_dropped_and_nothing_delivered(servers, connect):
+def test_client_stalling_in_data_is_dropped_and_nothing_delivered(servers, raw_smtp):
     server = servers(limits="command_timeout = 2s\n")
-    client = connect(server)
+    client = raw_smtp(server)
     open_transaction(client)
     client.send(b"Subject: stalled\r\n\r\nsome text\r\nand then noth")
     started = time.monotonic()
@@ -695,59 +467,61 @@ def test_client_stalling_in_data_is_dropped_and_nothing_delivered(servers, conne
 
 # ---------------------------------------------------------------- 8. connection limits
 
-def wait_for_admission(connect, server, timeout: float = NOTICE_TIMEOUT) -> Client:
+def wait_for_admission(raw_smtp, server, timeout: float = NOTICE_TIMEOUT) -> SmtpClient:
     """A new connection that gets the 220 greeting (the server notices closed ones
     asynchronously, so a 421 is retried for a while)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        client = connect(server)
+    refusals = []
+
+    def admitted() -> SmtpClient | None:
+        client = raw_smtp(server)
         first = client.reply()
         if first.code == 220:
             return client
         client.close()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still refused after {timeout}s: {first}")
-        time.sleep(0.1)
+        refusals.append(str(first))
+        return None
+    return wait_until(admitted, timeout, interval=0.1, what="a connection greeted with 220",
+                      detail=lambda: f"refused with: {refusals[-1:]}")
 
 
-def test_per_ip_connection_limit(servers, connect):
+def test_per_ip_connection_limit(servers, raw_smtp):
     server = servers(limits="max_connections_per_ip = 3\n")
-    held = [connect(server) for _ in range(3)]
+    held = [raw_smtp(server) for _ in range(3)]
     for client in held:
         assert client.reply().code == 220
     for _ in range(3):                               # refusals do not use up a slot
-        extra = connect(server)
+        extra = raw_smtp(server)
         extra.expect(replies.TOO_MANY_FROM_YOU)
         extra.assert_closed()
     assert held[0].cmd("QUIT").is_(replies.BYE)
     held[0].close()
-    newcomer = wait_for_admission(connect, server)
+    newcomer = wait_for_admission(raw_smtp, server)
     assert newcomer.cmd("EHLO client.example").code == 250
-    extra = connect(server)                          # still three: the fourth is refused
+    extra = raw_smtp(server)                          # still three: the fourth is refused
     extra.expect(replies.TOO_MANY_FROM_YOU)
     for client in held[1:]:
         assert client.cmd("NOOP").is_(replies.OK)
     # All slots come back once every client has gone.
     for client in held[1:] + [newcomer]:
         client.close()
-    again = [wait_for_admission(connect, server)]
-    again += [connect(server) for _ in range(2)]
+    again = [wait_for_admission(raw_smtp, server)]
+    again += [raw_smtp(server) for _ in range(2)]
     for client in again[1:]:
         assert client.reply().code == 220
 
 
-def test_total_connection_limit(servers, connect):
+def test_total_connection_limit(servers, raw_smtp):
     server = servers(limits="max_connections = 2\n")
-    held = [connect(server) for _ in range(2)]
+    held = [raw_smtp(server) for _ in range(2)]
     for client in held:
         assert client.reply().code == 220
-    extra = connect(server)
+    extra = raw_smtp(server)
     extra.expect(replies.TOO_MANY_CONNECTIONS)
     extra.assert_closed()
     held[1].abort()                                  # even an abrupt close frees the slot
-    newcomer = wait_for_admission(connect, server)
+    newcomer = wait_for_admission(raw_smtp, server)
     assert newcomer.cmd("NOOP").is_(replies.OK)
-    connect(server).expect(replies.TOO_MANY_CONNECTIONS)
+    raw_smtp(server).expect(replies.TOO_MANY_CONNECTIONS)
 
 
 # ---------------------------------------------------------------- 9. crash durability
@@ -758,8 +532,7 @@ def test_acknowledged_messages_survive_sigkill(servers):
     for _ in range(5):
         token = uuid.uuid4().hex
         message = sample_message(token)
-        smtp = smtplib.SMTP(HOST, server.port("smtp"), local_hostname="client.example",
-                            timeout=IO_TIMEOUT)
+        smtp = smtplib_client(server.port("smtp"))
         try:
             smtp.ehlo()
             smtp.mail("sender@example.com", ["BODY=8BITMIME"])
@@ -778,18 +551,18 @@ def test_acknowledged_messages_survive_sigkill(servers):
         assert content_of(found) == message.replace(b"\r\n", b"\n")
 
 
-def test_sigkill_during_data_leaves_no_partial_message(servers, connect):
+def test_sigkill_during_data_leaves_no_partial_message(servers, raw_smtp):
     server = servers()
     assert_still_accepts_mail(server)
-    client = connect(server)
+    client = raw_smtp(server)
     open_transaction(client)
     marker = uuid.uuid4().hex.encode()
     # more than the store's 64 KB write buffer, so part of it reaches tmp/ before the kill
     client.send(b"Subject: partial\r\n\r\n" + marker + b"\r\n" + b"line\r\n" * 20000)
 
     def written() -> bool:
-        return any(marker in p.read_bytes() for p in files_in(server, "bhayden", "tmp"))
-    assert wait_until(written, NOTICE_TIMEOUT), "the server never wrote the partial message"
+        return any(marker in p.read_bytes() for p in server.maildir_files("bhayden", "tmp"))
+    wait_until(written, NOTICE_TIMEOUT, what="the partial message written to tmp/")
     server.kill()
     client.close()
     server.start()
@@ -802,9 +575,9 @@ def test_sigkill_during_data_leaves_no_partial_message(servers, connect):
 
 # ---------------------------------------------------------------- 10. pipelining
 
-def test_pipelined_transaction_gets_every_reply_in_order(servers, connect):
+def test_pipelined_transaction_gets_every_reply_in_order(servers, raw_smtp):
     server = servers()
-    client = connect(server)
+    client = raw_smtp(server)
     ehlo = client.greet()
     assert "PIPELINING" in ehlo.lines
     client.send(b"MAIL FROM:<sender@example.com>\r\n"
@@ -829,9 +602,9 @@ def test_pipelined_transaction_gets_every_reply_in_order(servers, connect):
         assert content_of(stored) == message.replace(b"\r\n", b"\n")
 
 
-def test_commands_pipelined_after_the_final_dot(servers, connect):
+def test_commands_pipelined_after_the_final_dot(servers, raw_smtp):
     server = servers()
-    client = connect(server)
+    client = raw_smtp(server)
     open_transaction(client)
     first, second = b"Subject: one\r\n\r\nfirst\r\n", b"Subject: two\r\n\r\nsecond\r\n"
     client.send(first + b".\r\nMAIL FROM:<sender@example.com>\r\n"
@@ -848,13 +621,13 @@ def test_commands_pipelined_after_the_final_dot(servers, connect):
 
 # ---------------------------------------------------------------- 11. SIGTERM
 
-def test_sigterm_with_idle_clients_says_421_and_exits_0(servers, connect):
+def test_sigterm_with_idle_clients_says_421_and_exits_0(servers, raw_smtp):
     server = servers(limits="shutdown_grace = 1s\n")
-    just_connected = connect(server)
+    just_connected = raw_smtp(server)
     assert just_connected.reply().code == 220
-    after_ehlo = connect(server)
+    after_ehlo = raw_smtp(server)
     after_ehlo.greet()
-    in_transaction = connect(server)
+    in_transaction = raw_smtp(server)
     in_transaction.greet()
     assert in_transaction.cmd("MAIL FROM:<sender@example.com>").is_(replies.SENDER_OK)
     started = time.monotonic()
@@ -866,12 +639,12 @@ def test_sigterm_with_idle_clients_says_421_and_exits_0(servers, connect):
         client.expect(replies.SHUTTING_DOWN)
         client.assert_closed()
     with pytest.raises(OSError):
-        Client(server.port("smtp"), timeout=2).close()
+        SmtpClient(server.port("smtp"), timeout=2).close()
 
 
-def test_sigterm_lets_a_message_in_progress_finish(servers, connect):
+def test_sigterm_lets_a_message_in_progress_finish(servers, raw_smtp):
     server = servers(limits="shutdown_grace = 5s\n")
-    client = connect(server)
+    client = raw_smtp(server)
     open_transaction(client)
     client.send(b"Subject: finishing\r\n\r\nfirst half\r\n")
     started = time.monotonic()
@@ -887,11 +660,11 @@ def test_sigterm_lets_a_message_in_progress_finish(servers, connect):
     assert content_of(stored) == b"Subject: finishing\n\nfirst half\nsecond half\n"
 
 
-def test_sigterm_with_a_half_sent_command_line(servers, connect):
+def test_sigterm_with_a_half_sent_command_line(servers, raw_smtp):
     """A client that sent part of a command line is not idle but still gets the 421 when
     the grace period ends; the server does not hang on it."""
     server = servers(limits="shutdown_grace = 1s\n")
-    client = connect(server)
+    client = raw_smtp(server)
     client.greet()
     client.send(b"NOO")
     time.sleep(0.2)

@@ -15,7 +15,7 @@ from lib.config.router import Router
 from lib.config.schema import Rate
 from lib.core import passwords
 
-from ..support import BASE_INI, PASSWORD
+from ..helpers.ini import PASSWORD, config_text
 
 
 class Clock:
@@ -28,14 +28,11 @@ class Clock:
 
 @pytest.fixture
 def cfg(load):
-    return load(BASE_INI + """
-[policy]
-trusted_networks = 192.168.1.0/24, 2001:db8::/32
-[limits]
-max_connections = 3
-max_connections_per_ip = 2
-auth_failures = 3/1m
-""")
+    return load(config_text(trusted="192.168.1.0/24, 2001:db8::/32", limits="""
+        max_connections = 3
+        max_connections_per_ip = 2
+        auth_failures = 3/1m
+        """))
 
 
 def test_trusted_networks(cfg):
@@ -50,7 +47,7 @@ def test_trusted_networks(cfg):
 def test_plaintext_auth_rule(load):
     for mode, loopback, remote in (("never", False, False), ("local", True, False),
                                    ("always", True, True)):
-        cfg = load(BASE_INI + f"\n[tls]\nplaintext_auth = {mode}\n")
+        cfg = load(config_text(plaintext_auth=mode))
         assert plaintext_auth_allowed(cfg, "127.0.0.1", False) is loopback
         assert plaintext_auth_allowed(cfg, "::1", False) is loopback
         assert plaintext_auth_allowed(cfg, "192.0.2.1", False) is remote

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-from pathlib import Path
 
 import pytest
 
@@ -11,7 +10,8 @@ from lib.config import schema as config_module
 from lib.config.schema import HostPort, Rate
 from lib.core.errors import ConfigError
 
-from ..support import BASE_INI
+from ..helpers.cli import ROOT
+from ..helpers.ini import BASE_INI, config_text
 
 
 def error_of(load, text: str) -> ConfigError:
@@ -85,10 +85,7 @@ filter_command = /usr/bin/spamc -c "with space"
 def test_relative_paths_are_relative_to_the_ini_folder(write_ini, tmp_path):
     (tmp_path / "certs").mkdir()
     (tmp_path / "certs" / "c.pem").write_text("x")
-    path = write_ini(BASE_INI.replace("log = stderr", "log = logs/mail.log") + """
-[tls]
-cert = certs/c.pem
-""")
+    path = write_ini(config_text(log="logs/mail.log", tls="cert = certs/c.pem"))
     cfg = config_module.load(path)
     assert cfg.tls.cert == (tmp_path / "certs" / "c.pem").resolve()
     assert cfg.tls.key == cfg.tls.cert
@@ -224,34 +221,34 @@ def test_bad_route(load):
 
 
 def test_bad_hostname(load):
-    error = error_of(load, BASE_INI.replace("mail.example.org", "mail_server!"))
+    error = error_of(load, config_text(hostname="mail_server!"))
     assert_names(error, "server", "hostname")
 
 
 def test_bad_delimiter(load):
-    error = error_of(load, BASE_INI.replace("log = stderr", "log = stderr\nrecipient_delimiter = a"))
+    error = error_of(load, config_text(server="recipient_delimiter = a"))
     assert_names(error, "server", "recipient_delimiter")
 
 
 def test_invalid_mailbox_name(load):
-    error = error_of(load, BASE_INI.replace("alice = {hash}", "../etc = {hash}"))
+    error = error_of(load, config_text(mailboxes="bhayden = {hash}\n../etc = {hash}\n"))
     assert_names(error, "mailboxes", "../etc")
 
 
 def test_mailbox_value_must_be_a_hash(load):
-    error = error_of(load, BASE_INI.replace("alice = {hash}", "alice = secret123"))
+    error = error_of(load, config_text(mailboxes="bhayden = {hash}\nalice = secret123\n"))
     assert_names(error, "mailboxes", "alice")
     assert "passwd" in str(error)
 
 
 def test_domain_serving_unknown_mailbox(load):
-    error = error_of(load, BASE_INI.replace("example.net = *", "example.net = alice, carol"))
+    error = error_of(load, config_text(domains="example.org = *\nexample.net = alice, carol\n"))
     assert_names(error, "domains", "example.net")
     assert "carol" in str(error)
 
 
 def test_bad_domain_name(load):
-    error = error_of(load, BASE_INI.replace("example.net = *", "exa mple.net = *"))
+    error = error_of(load, config_text(domains="example.org = *\nexa mple.net = *\n"))
     assert error.section == "domains"
 
 
@@ -295,10 +292,9 @@ def test_error_message_names_the_file(write_ini):
 
 
 def test_shipped_configs_parse():
-    root = Path(__file__).resolve().parents[2]
-    cfg = config_module.load(root / "conf" / "mailbox_appliance.ini")
+    cfg = config_module.load(ROOT / "conf" / "mailbox_appliance.ini")
     assert cfg.listen.smtp and all(a.host == "127.0.0.1" for _, a in cfg.listen.listeners())
-    assert cfg.server.data_dir == root / "data"
+    assert cfg.server.data_dir == ROOT / "data"
     with pytest.raises(ConfigError) as caught:      # only its TLS files are missing here
-        config_module.load(root / "conf" / "example-home.ini")
+        config_module.load(ROOT / "conf" / "example-home.ini")
     assert caught.value.section == "tls"

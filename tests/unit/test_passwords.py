@@ -8,7 +8,7 @@ import pytest
 
 from lib.core import passwords
 
-from ..support import HASH, PASSWORD
+from ..helpers.ini import HASH, PASSWORD
 
 
 def test_hash_is_self_describing_and_salted():

@@ -8,24 +8,17 @@ from lib.config.router import LOCAL, REJECTED, REMOTE
 from lib.core.addresses import Address, parse_mailbox
 from lib.core.errors import ConfigError
 
-MAP = """
-[server]
-hostname = mail.example.org
-data_dir = data
+from ..helpers.ini import config_text
 
-[domains]
+DOMAINS = """
 example.org = *
 example.net = *
 shop.example.com = alice, bhayden
 example.com = bhayden
-
-[mailboxes]
-bhayden = {hash}
-alice = {hash}
-carol = {hash}
-
-[aliases]
-postmaster = bhayden
+"""
+MAILBOXES = "bhayden = {hash}\nalice = {hash}\ncarol = {hash}\n"
+POSTMASTER = "postmaster = bhayden\n"
+ALIASES = """
 sales@example.net = alice, bhayden
 sales = carol
 info = alice
@@ -36,6 +29,14 @@ old = bhayden@gmail.example
 both = bhayden, bhayden@gmail.example, BHayden@Example.ORG
 team = sales@example.net, alice
 """
+
+
+def map_config(server: str = "", aliases: str = POSTMASTER + ALIASES) -> str:
+    """The config these tests route with; lines added to it are more aliases."""
+    return config_text(server=server, domains=DOMAINS, mailboxes=MAILBOXES, aliases=aliases)
+
+
+MAP = map_config()
 
 
 def resolve(router_, text):
@@ -71,12 +72,12 @@ def test_delimiter_extension_dropped(r):
 
 
 def test_delimiter_off(router):
-    rt = router(MAP.replace("data_dir = data", "data_dir = data\nrecipient_delimiter ="))
+    rt = router(map_config(server="recipient_delimiter ="))
     assert resolve(rt, "bhayden+lists@example.org").result == REJECTED
 
 
 def test_several_delimiters_and_full_form_first(router):
-    rt = router(MAP.replace("data_dir = data", "data_dir = data\nrecipient_delimiter = +-")
+    rt = router(map_config(server="recipient_delimiter = +-")
                 + "bhayden-news@example.org = alice\n")
     assert resolve(rt, "bhayden-x@example.org").mailboxes == ("bhayden",)
     assert resolve(rt, "bhayden+x@example.org").mailboxes == ("bhayden",)
@@ -236,32 +237,22 @@ def test_bare_target_that_is_nothing(router):
 
 
 def test_postmaster_must_reach_a_mailbox(router):
-    text = MAP.replace("postmaster = bhayden\n", "")
     with pytest.raises(ConfigError) as caught:
-        router(text)
+        router(map_config(aliases=ALIASES))
     # example.org serves every mailbox but has no postmaster mailbox
     assert caught.value.section == "domains" and "postmaster@" in str(caught.value)
     assert "RFC 5321" in str(caught.value)
 
 
 def test_postmaster_satisfied_by_catch_all(router):
-    text = """
-[server]
-data_dir = d
-[domains]
-only.example = bob
-[mailboxes]
-bob = {hash}
-[aliases]
-@only.example = bob
-"""
-    rt = router(text)
+    rt = router(config_text(data_dir="d", domains="only.example = bob",
+                            mailboxes="bob = {hash}", aliases="@only.example = bob"))
     assert resolve(rt, "postmaster@only.example").mailboxes == ("bob",)
 
 
 def test_postmaster_forward_only_is_refused(router):
     with pytest.raises(ConfigError):
-        router(MAP.replace("postmaster = bhayden", "postmaster = admin@gmail.example"))
+        router(map_config(aliases="postmaster = admin@gmail.example\n" + ALIASES))
 
 
 def test_address_resolution_is_the_same_object_type(r):

@@ -8,8 +8,8 @@ from lib.cli.sendmail import SubmitError, prepare, split_message
 
 
 def test_missing_headers_are_added_and_bcc_removed_with_t():
-    prepared = prepare(b"Subject: x\r\nTo: a@example.org\r\nBcc: hidden@example.org\r\n\r\nbody\r\n",
-                       "mail.example.org", "cron@example.org", [], True)
+    prepared = prepare(b"Subject: x\r\nTo: a@example.org\r\nBcc: hidden@example.org\r\n"
+                       b"\r\nbody\r\n", "mail.example.org", "cron@example.org", [], True)
     fields, body = split_message(prepared.message)
     names = [f.split(b":", 1)[0].lower() for f in fields]
     assert b"bcc" not in names and b"date" in names and b"message-id" in names

@@ -1,4 +1,4 @@
-"""Helpers for the outbound tests: a DNS server and sink SMTP servers on loopback.
+"""A DNS server and sink SMTP servers on loopback, for the outbound tests.
 
 - `FakeDNS`: dnslib's DNSServer on 127.0.0.1 (a free UDP port) answering MX, A
   and AAAA questions from a dict the test fills; NXDOMAIN for names it does
@@ -11,75 +11,27 @@
 - `BannerServer`: a listener that greets every connection with a fixed reply
   (e.g. `421 4.3.2 busy`) and hangs up.
 
-The `dns` and `sinks` fixtures start these and stop every one of them when the
-test ends; the other helpers parse the server's log, list its queue, read DSNs
-and run its command line. Nothing here listens anywhere but loopback.
+The `dns` and `sinks` fixtures (tests/integration/conftest.py) start these and
+stop every one of them when the test ends. Nothing here listens anywhere but
+loopback.
 """
 
 from __future__ import annotations
 
-import email
-import email.policy
-import re
-import smtplib
 import socket
 import ssl
-import subprocess
-import sys
 import threading
-import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, syntax
 from dnslib import AAAA, MX, QTYPE, RCODE, RR, A, DNSLabel
 from dnslib.server import BaseResolver, DNSError, DNSLogger, DNSServer
 
-from .harness import SCRIPT, ServerProcess
+from .net import HOST, free_port
 
-HOST = "127.0.0.1"
-TIMEOUT = 30                     # every socket and subprocess
-CLIENT_NAME = "client.example.com"
 SINK_NAME = "sink.remote.example"
 QUIET_DNS = DNSLogger("-request,-reply,-truncated,-error,-recv,-send,-data", prefix=False)
-
-
-# ---------------------------------------------------------------- ports and waiting
-
-def free_port(*hosts: str) -> int:
-    """A TCP port free on every one of `hosts` right now (Controller cannot use 0)."""
-    hosts = hosts or (HOST,)
-    for _ in range(50):
-        probe = socket.socket(socket.AF_INET6 if ":" in hosts[0] else socket.AF_INET)
-        probe.bind((hosts[0], 0))
-        port = probe.getsockname()[1]
-        probe.close()
-        ok = True
-        for other in hosts[1:]:
-            check = socket.socket(socket.AF_INET6 if ":" in other else socket.AF_INET)
-            try:
-                check.bind((other, port))
-            except OSError:
-                ok = False
-            finally:
-                check.close()
-        if ok:
-            return port
-    raise RuntimeError(f"no port free on all of {hosts}")
-
-
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.1, what: str = "condition"):
-    """Poll `predicate` until it returns something true; its value, or AssertionError."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not true within {timeout}s")
-        time.sleep(interval)
 
 
 # ---------------------------------------------------------------- DNS
@@ -156,6 +108,7 @@ class FakeDNS(BaseResolver):
 
     @property
     def port(self) -> int:
+        assert self._server is not None, "not started"
         return self._server.server.socket.getsockname()[1]
 
     def stop(self) -> None:
@@ -362,162 +315,7 @@ class BannerServer:
         self._socket.close()
 
 
-def server_tls_context(certificate: tuple[Path, Path]) -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(str(certificate[0]), str(certificate[1]))
-    return context
-
-
-# ---------------------------------------------------------------- fixtures
-
-@pytest.fixture
-def dns():
-    """A started FakeDNS; stopped when the test ends."""
-    server = FakeDNS().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def sinks():
-    """sinks(host=..., port=..., **Sink options) -> a started Sink (or BannerServer
-    with banner=...); every one is stopped when the test ends."""
-    started = []
-
-    def start(host: str = HOST, port: int | None = None, banner: str | None = None, **options):
-        server = BannerServer(host, port, banner) if banner else Sink(host, port, **options)
-        server.start()
-        started.append(server)
-        return server
-
-    yield start
-    for server in reversed(started):
-        server.stop()
-
-
 def mx_relay(dns: FakeDNS, mx_port: int, retry: str = "1s", give_up: str = "5s") -> str:
     """A [relay] section body for MX delivery through the fake DNS."""
     return (f"mode = mx\nnameservers = {HOST}:{dns.port}\nmx_port = {mx_port}\n"
             f"retry = {retry}\ngive_up_after = {give_up}\n")
-
-
-# ---------------------------------------------------------------- the server under test
-
-def send(server: ServerProcess, sender: str, recipients: list[str], message: bytes | str,
-         host: str = HOST, mail_options: tuple[str, ...] = ()) -> str:
-    """Submit over SMTP; return the queue id from `250 ... queued as ID`."""
-    if isinstance(message, str):
-        message = message.encode()
-    with smtplib.SMTP(host, server.port("smtp"), local_hostname=CLIENT_NAME,
-                      timeout=TIMEOUT) as client:
-        client.ehlo()
-        if "SMTPUTF8" in mail_options:
-            client.command_encoding = "utf-8"
-        code, text = client.mail(sender, list(mail_options))
-        assert code == 250, (sender, code, text)
-        for recipient in recipients:
-            code, text = client.rcpt(recipient)
-            assert code == 250, (recipient, code, text)
-        code, text = client.data(message)
-        assert code == 250, (code, text)
-    match = re.search(rb"queued as (\S+)", text)
-    assert match, text
-    return match.group(1).decode()
-
-
-_FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
-
-
-def parse_log_line(line: str) -> dict[str, str]:
-    fields = {}
-    for key, value in _FIELD.findall(line):
-        if value.startswith('"'):
-            value = re.sub(r"\\(.)", lambda m: {"n": "\n", "r": "\r", "t": "\t"}.get(
-                m.group(1), m.group(1)), value[1:-1])
-        fields[key] = value
-    return fields
-
-
-def events(server: ServerProcess, event: str | None = None, **match) -> list[dict[str, str]]:
-    """Log lines as dicts of fields, those of `event` with every field in `match`."""
-    found = []
-    for line in server.log_text().splitlines():
-        fields = parse_log_line(line)
-        if event is not None and fields.get("event") != event:
-            continue
-        if all(fields.get(k) == v for k, v in match.items()):
-            found.append(fields)
-    return found
-
-
-def queue_ids(server: ServerProcess) -> list[str]:
-    entries = server.data / "queue" / "entries"
-    if not entries.is_dir():
-        return []
-    return sorted(p.name[:-4] for p in entries.iterdir() if p.name.endswith(".env"))
-
-
-def queue_files(server: ServerProcess) -> list[str]:
-    entries = server.data / "queue" / "entries"
-    return sorted(p.name for p in entries.iterdir()) if entries.is_dir() else []
-
-
-def all_messages(server: ServerProcess) -> dict[str, list[bytes]]:
-    """Every Maildir's messages, by mailbox."""
-    root = server.data / "mail"
-    if not root.is_dir():
-        return {}
-    return {box.name: server.messages(box.name) for box in sorted(root.iterdir()) if box.is_dir()}
-
-
-def parse(data: bytes) -> email.message.EmailMessage:
-    return email.message_from_bytes(data, policy=email.policy.default)
-
-
-@dataclass
-class Dsn:
-    raw: bytes
-    message: email.message.EmailMessage
-    per_message: dict[str, str]
-    recipients: list[dict[str, str]]      # per-recipient fields, names lower-cased
-    headers: str                          # the text/rfc822-headers part
-    explanation: str
-
-
-def is_dsn(data: bytes) -> bool:
-    return parse(data).get_content_type() == "multipart/report"
-
-
-def read_dsn(data: bytes) -> Dsn:
-    """Parse a stored DSN and check its RFC 3464 structure on the way."""
-    message = parse(data)
-    assert message.get_content_type() == "multipart/report", message.get_content_type()
-    assert message.get_param("report-type") == "delivery-status"
-    parts = message.get_payload()
-    assert [p.get_content_type() for p in parts] == \
-        ["text/plain", "message/delivery-status", "text/rfc822-headers"], \
-        [p.get_content_type() for p in parts]
-    blocks = parts[1].get_payload()
-    assert len(blocks) >= 2, blocks
-    as_dict = [{k.lower(): str(v) for k, v in block.items()} for block in blocks]
-    return Dsn(raw=data, message=message, per_message=as_dict[0], recipients=as_dict[1:],
-               headers=parts[2].get_content(), explanation=parts[0].get_content())
-
-
-def dsns(server: ServerProcess, mailbox: str) -> list[Dsn]:
-    return [read_dsn(m) for m in server.messages(mailbox) if is_dsn(m)]
-
-
-def cli(server: ServerProcess, *args: str,
-        stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    """`mailbox_appliance.py -c INI ARGS...`, output as text."""
-    result = subprocess.run([sys.executable, str(SCRIPT), "-c", str(server.ini), *args],
-                            input=stdin, capture_output=True, timeout=60, cwd=server.folder)
-    result.stdout = result.stdout.decode("utf-8", "replace")
-    result.stderr = result.stderr.decode("utf-8", "replace")
-    return result
-
-
-__all__ = ["BannerServer", "Dsn", "FakeDNS", "HOST", "Sink", "Transaction", "all_messages",
-           "cli", "dns", "dsns", "events", "free_port", "mx_relay", "parse", "queue_files",
-           "queue_ids", "read_dsn", "send", "server_tls_context", "sinks", "wait_until"]
