@@ -1,5 +1,5 @@
-"""Delivery status notifications (RFC 3464): the bounce a sender gets when mail
-to some recipients failed for good or expired.
+"""Delivery status notifications (RFC 3464): building the bounce a sender gets
+when mail to some recipients failed for good or expired, and sending it.
 
 The DSN is multipart/report; report-type=delivery-status with three parts: a
 human-readable explanation, the machine-readable message/delivery-status,
@@ -15,10 +15,16 @@ import re
 import secrets
 from dataclasses import dataclass
 
+from ..config.router import REJECTED
 from ..core import wire
-from ..store.spool import Envelope, Recipient
+from ..core.addresses import parse_mailbox
+from ..log.events import EventLog
+from ..session.runtime import Runtime, Services
+from ..store.intake import Destinations
+from ..store.spool import Envelope, Recipient, new_id
 
 HEADER_LIMIT = 64 * 1024          # octets of the original header quoted in the DSN
+GAVE_UP = "gave up after"         # marks a recipient that expired rather than failed
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 
@@ -94,3 +100,48 @@ def build_dsn(envelope: Envelope, failed: list[FailedRecipient], hostname: str,
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())[:900]
+
+
+def send_dsn(runtime: Runtime, services: Services, envelope: Envelope, failed: list[Recipient],
+             message_path) -> str | None:
+    """Deliver or queue a DSN about `failed` to the envelope sender; return its id."""
+    log = EventLog("delivery").bind(msg=envelope.id)
+    try:
+        with open(message_path, "rb") as handle:
+            head = original_header(handle.read(HEADER_LIMIT))
+    except FileNotFoundError:
+        head = b""
+    expired = all(GAVE_UP in r.last_reply for r in failed)
+    report = build_dsn(
+        envelope, [FailedRecipient(r, _remote_mta(r.relay)) for r in failed],
+        runtime.hostname, head, expired=expired)
+    try:
+        sender = parse_mailbox(envelope.sender, utf8=True)
+    except ValueError:
+        log.warning("no_bounce", to=envelope.sender, reason="the sender is not an address")
+        return None
+    resolution = runtime.router.resolve(sender)
+    if resolution.result == REJECTED:
+        log.warning("no_bounce", to=envelope.sender,
+                    reason="the sender is a local address that does not exist")
+        return None
+    dsn_id = new_id()
+    header = (f"Received: by {runtime.hostname} (mailbox_appliance) id {dsn_id}; "
+              f"{email.utils.formatdate(localtime=True)}\n").encode()
+    incoming = services.intake.begin(dsn_id, None, Destinations.of([resolution]), header,
+                                     utf8=envelope.utf8, origin={"dsn_for": envelope.id})
+    try:
+        incoming.write(report)
+        incoming.commit()
+    except BaseException:
+        incoming.discard()
+        raise
+    log.info("bounce", dsn=dsn_id, to=envelope.sender, failed=[r.address for r in failed])
+    return dsn_id
+
+
+def _remote_mta(relay: str) -> str | None:
+    """The host name in "host[ip]:port", for the DSN's Remote-MTA field."""
+    if not relay or relay == "none":
+        return None
+    return relay.split("[", 1)[0]

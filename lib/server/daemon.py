@@ -18,7 +18,7 @@ from ..core.durable import replace_durably
 from ..core.errors import ConfigError
 from ..log import sink
 from ..log.events import EventLog
-from ..outbound.delivery import QueueRunner
+from ..outbound.runner import QueueRunner
 from ..session.runtime import Runtime, Services, load_runtime
 from .listeners import MailServer, SessionHandler
 
