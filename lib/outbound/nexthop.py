@@ -6,9 +6,12 @@ from __future__ import annotations
 import random
 import socket
 from dataclasses import dataclass
+from typing import Any
 
 from ..config.schema import Config, HostPort
-from ..core.errors import PermanentFailure, TemporaryFailure
+from .results import AttemptFailed, FailureKind, HostFailure, RemoteReply
+
+DNS_LIFETIME = 20.0          # seconds for one look-up, every retry and server included
 
 
 @dataclass(frozen=True)
@@ -21,18 +24,22 @@ class Hop:
 
 
 class HopFinder:
-    """Where mail for a domain goes: [routes], else smarthost, else MX records."""
+    """Where mail for a domain goes: [routes], else smarthost, else MX records.
+
+    `hops` raises AttemptFailed when there is no host to try: a RemoteReply for
+    a domain that takes no mail (no such domain, a null MX), a HostFailure
+    when DNS cannot say for now."""
 
     def __init__(self, config: Config):
         self.config = config
-        self._resolver = None
+        self._resolver: Any = None
 
     def hops(self, domain: str) -> list[Hop]:
         relay = self.config.relay
         route = self.config.routes.get(domain)
         if route is not None:
             return [self._static(route, "route")]
-        if relay.mode == "smarthost":
+        if relay.mode == "smarthost" and relay.smarthost is not None:
             return [self._static(relay.smarthost, "smarthost")]
         if domain.startswith("["):                 # an address literal: that host
             literal = domain[1:-1]
@@ -44,11 +51,13 @@ class HopFinder:
         try:
             infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
         except socket.gaierror as error:
-            raise TemporaryFailure(f"cannot resolve {target.host}: {error.strerror}") from None
-        addresses = tuple(dict.fromkeys(info[4][0] for info in infos))
+            raise AttemptFailed(HostFailure(
+                FailureKind.DNS, f"could not resolve {target.host}: "
+                                 f"{_plain(error.strerror or 'look-up failed')}")) from None
+        addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))
         return Hop(target.host, addresses, target.port, kind)
 
-    def _dns(self):
+    def _dns(self) -> Any:
         """The resolver ([relay] nameservers, or the system's), made once."""
         if self._resolver is None:
             dns = _dnspython()
@@ -57,13 +66,13 @@ class HopFinder:
             if nameservers:
                 resolver.nameservers = [dns.nameserver.Do53Nameserver(ns.host, ns.port)
                                         for ns in nameservers]
-            resolver.lifetime = 20.0
+            resolver.lifetime = DNS_LIFETIME
             self._resolver = resolver
         return self._resolver
 
-    def _query(self, name: str, rdtype: str):
+    def _query(self, name: str, rdtype: str) -> list:
         """Answers, [] when the name has no such records; raises NXDOMAIN for a
-        name that does not exist and TemporaryFailure for the rest."""
+        name that does not exist and AttemptFailed for the rest."""
         resolver = self._dns()
         dns = _dnspython()
         try:
@@ -72,11 +81,14 @@ class HopFinder:
             raise
         except dns.resolver.NoAnswer:
             return []
-        except (dns.exception.Timeout, dns.resolver.NoNameservers) as error:
-            raise TemporaryFailure(f"DNS look-up of {name} {rdtype} failed: "
-                                   f"{type(error).__name__}") from None
-        except dns.exception.DNSException as error:
-            raise TemporaryFailure(f"DNS look-up of {name} {rdtype} failed: {error}") from None
+        except dns.exception.Timeout:
+            why = "timed out"
+        except dns.resolver.NoNameservers:
+            why = "no name server could answer"
+        except dns.exception.DNSException:
+            why = "failed"
+        raise AttemptFailed(HostFailure(FailureKind.DNS,
+                                        f"DNS look-up of {name} {rdtype} {why}")) from None
 
     def _addresses(self, name: str) -> tuple[str, ...]:
         found = []
@@ -92,15 +104,18 @@ class HopFinder:
         try:
             records = self._query(domain, "MX")
         except _dnspython().resolver.NXDOMAIN:
-            raise PermanentFailure(f"550 5.1.2 domain {domain} does not exist") from None
+            raise AttemptFailed(RemoteReply(550, "5.1.2",
+                                            f"domain {domain} does not exist")) from None
         if not records:                            # RFC 5321 5.1: the implicit MX
             addresses = self._addresses(domain)
             if not addresses:
-                raise PermanentFailure(f"550 5.1.2 {domain} has no MX and no address")
+                raise AttemptFailed(RemoteReply(550, "5.1.2",
+                                                f"{domain} has no MX and no address"))
             return [Hop(domain, addresses, port, "mx")]
         if any(r.preference == 0 and r.exchange.to_text() == "." for r in records):
-            # RFC 7505: a null MX says the domain accepts no mail at all
-            raise PermanentFailure(f"556 5.1.10 {domain} accepts no mail (null MX)")
+            # RFC 7505 4.2: a null MX says the domain accepts no mail at all
+            raise AttemptFailed(RemoteReply(556, "5.1.10",
+                                            f"{domain} accepts no mail (null MX)"))
         by_preference: dict[int, list[str]] = {}
         for record in records:
             by_preference.setdefault(record.preference, []).append(
@@ -114,17 +129,24 @@ class HopFinder:
                 if addresses:
                     hops.append(Hop(name, addresses, port, "mx"))
         if not hops:
-            raise TemporaryFailure(f"no address found for any MX host of {domain}")
+            raise AttemptFailed(HostFailure(FailureKind.DNS,
+                                            f"no address found for any MX host of {domain}"))
         return hops
 
 
-def _dnspython():
-    """The dnspython package, or a TemporaryFailure that names it (DESIGN 1)."""
+def _dnspython() -> Any:
+    """The dnspython package, or AttemptFailed naming it (DESIGN 1)."""
     try:
         import dns.exception
         import dns.nameserver
         import dns.resolver
     except ImportError:
-        raise TemporaryFailure("MX look-ups need the dnspython package "
-                               "(apt install python3-dnspython)") from None
+        raise AttemptFailed(HostFailure(FailureKind.LOCAL,
+                                        "MX look-ups need the dnspython package "
+                                        "(apt install python3-dnspython)")) from None
     return dns
+
+
+def _plain(text: str) -> str:
+    """An OS message as part of a sentence: "Name or service not known" -> "name ..."."""
+    return text[:1].lower() + text[1:]

@@ -3,11 +3,11 @@ threads, retries on the [relay] schedule, expiry, and the bounces that follow.
 
 Each queue entry is worked on by one thread at a time, under the entry's
 lock. Recipients are grouped by next hop; one SMTP transaction per host
-carries all of a group's recipients, and every recipient keeps its own reply,
-so a 4xx for one retries just that one. 4xx replies and connection failures
-are retried on the [relay] retry schedule until give_up_after; 5xx replies,
-a null MX and a domain that does not exist fail at once. Failed recipients
-are reported to the sender in one DSN, and the entry is removed only after
+carries all of a group's recipients, and every recipient keeps its own
+result, so a 4xx for one retries just that one. Transient results (4xx,
+connection failures) are retried until give_up_after; 5xx replies, a null
+MX and a domain that does not exist fail at once. Failed recipients are
+reported to the sender in one DSN, and the entry is removed only after
 every recipient is delivered or bounced.
 """
 
@@ -17,15 +17,16 @@ import heapq
 import threading
 import time
 from collections import deque
+from pathlib import Path
 
-from ..config.schema import Config, format_duration
-from ..core.errors import PermanentFailure, TemporaryFailure
+from ..config.schema import Config
 from ..log.events import EventLog
 from ..session.runtime import Runtime
-from ..store.spool import DELIVERED, FAILED, PENDING, Envelope, QueueBusy, Recipient
+from ..store.spool import Envelope, QueueBusy, Recipient, RecipientState
 from .client import ConnectionCache, Outcome, transact
-from .dsn import GAVE_UP, send_dsn
+from .dsn import send_dsn
 from .nexthop import Hop, HopFinder
+from .results import AttemptFailed, FailureKind, HostFailure, Result, record
 
 WORKERS = 8                   # delivery threads: most of their time is waiting for remote hosts
 RESCAN_SECONDS = 30.0         # look at the whole queue at least this often
@@ -169,7 +170,7 @@ class QueueRunner:
                 if due:
                     self._deliver(runtime, envelope, due, cache)
                 reported = self._report_failures(runtime, envelope)
-                unreported = any(r.state == FAILED and not r.reported
+                unreported = any(r.state == RecipientState.FAILED and not r.reported
                                  for r in envelope.recipients)
                 if not envelope.pending and not unreported:
                     self._finish(envelope)       # a finished entry goes without a last save
@@ -200,39 +201,37 @@ class QueueRunner:
                 domain not in runtime.config.routes else domain
             groups.setdefault(key, []).append(recipient)
         path = self.spool.message_path(envelope.id)
-        for key, recipients in groups.items():
+        log = self.log.bind(msg=envelope.id)
+        for recipients in groups.values():
             domain = recipients[0].address.rpartition("@")[2].lower()
-            log = self.log.bind(msg=envelope.id)
             try:
                 outcome = self._try_hops(runtime, finder.hops(domain), envelope, recipients,
                                          path, log, cache)
-            except PermanentFailure as failure:
-                outcome = Outcome(replies={r.address: str(failure) for r in recipients},
-                                  relay="none")
-            except TemporaryFailure as failure:
-                outcome = Outcome(replies={r.address: f"451 4.4.1 {failure}"
-                                           for r in recipients}, relay="none")
-            except Exception as error:       # a bug or the unforeseen: retry, expire, bounce
+            except AttemptFailed as failure:      # no host, or none that could be used
+                outcome = _for_all(recipients, failure.result)
+            except Exception:           # a bug or the unforeseen: retry, expire, bounce
                 log.exception("attempt_failed", to=[r.address for r in recipients])
-                outcome = Outcome(replies={r.address: f"451 4.3.0 local error: "
-                                           f"{type(error).__name__}: {error}"
-                                           for r in recipients}, relay="none")
+                outcome = _for_all(recipients, HostFailure(
+                    FailureKind.LOCAL, f"local error at {runtime.hostname}; "
+                                       "its log has the details"))
             self._record(runtime, envelope, recipients, outcome, log)
 
-    def _try_hops(self, runtime, hops: list[Hop], envelope, recipients, path, log,
+    def _try_hops(self, runtime: Runtime, hops: list[Hop], envelope: Envelope,
+                  recipients: list[Recipient], path: Path, log: EventLog,
                   cache: ConnectionCache | None) -> Outcome:
-        last = "no host to try"
-        sender = envelope.sender
+        """The outcome at the first host that could be used; AttemptFailed with
+        the last host's failure when none could."""
+        last: Result = HostFailure(FailureKind.DNS, "no host to try")
         for hop in hops:
             for address in hop.addresses:
                 try:
-                    return transact(runtime, hop, address, sender,
+                    return transact(runtime, hop, address, envelope.sender,
                                     [r.address for r in recipients], path, envelope.utf8, cache)
-                except TemporaryFailure as failure:
-                    last = str(failure)
+                except AttemptFailed as failure:
+                    last = failure.result
                     log.info("host_failed", relay=f"{hop.name}[{address}]:{hop.port}",
-                             reason=last)
-        raise TemporaryFailure(last)
+                             reason=last.describe())
+        raise AttemptFailed(last)
 
     def _record(self, runtime: Runtime, envelope: Envelope, recipients: list[Recipient],
                 outcome: Outcome, log: EventLog) -> None:
@@ -240,25 +239,25 @@ class QueueRunner:
         now = time.time()
         expired = now - envelope.created >= relay.give_up_after
         for recipient in recipients:
-            reply = outcome.replies.get(recipient.address, "451 4.3.0 no reply recorded")
+            result = outcome.results.get(recipient.address) or \
+                HostFailure(FailureKind.LOCAL, "no reply was recorded")
             recipient.attempts += 1
-            recipient.last_reply = reply
+            record(recipient, result)
             recipient.relay = outcome.relay
-            if reply.startswith("2"):
-                recipient.state = DELIVERED
-            elif reply.startswith("4") and not expired:
+            if result.success:
+                recipient.state = RecipientState.DELIVERED
+            elif result.permanent or expired:
+                recipient.state = RecipientState.FAILED
+                recipient.expired = not result.permanent
+            else:
                 wait = relay.retry[min(recipient.attempts - 1, len(relay.retry) - 1)]
                 # one last try right at the deadline rather than long after it
                 recipient.next_attempt = min(now + wait, envelope.created + relay.give_up_after)
-            else:
-                recipient.state = FAILED
-                if reply.startswith("4"):
-                    recipient.last_reply = f"{reply} ({GAVE_UP} " \
-                                           f"{format_duration(relay.give_up_after)})"
+            pending = recipient.state == RecipientState.PENDING
             log.info("attempt", to=recipient.address, relay=outcome.relay,
-                     tls=outcome.tls or "no", reply=reply, state=recipient.state
-                     if recipient.state != PENDING else "deferred",
-                     next=_clock(recipient.next_attempt) if recipient.state == PENDING else None,
+                     tls=outcome.tls or "no", reply=result.render(),
+                     state="deferred" if pending else recipient.state.value,
+                     next=_clock(recipient.next_attempt) if pending else None,
                      attempts=recipient.attempts)
 
     def _report_failures(self, runtime: Runtime, envelope: Envelope) -> bool:
@@ -266,7 +265,8 @@ class QueueRunner:
         of a permanent failure now, not when the last retry of the others ends.
         True when recipients were reported; a DSN that could not be written
         (disk full) leaves them to the next attempt."""
-        failed = [r for r in envelope.recipients if r.state == FAILED and not r.reported]
+        failed = [r for r in envelope.recipients
+                  if r.state == RecipientState.FAILED and not r.reported]
         if not failed:
             return False
         if envelope.sender:
@@ -286,9 +286,14 @@ class QueueRunner:
     def _finish(self, envelope: Envelope) -> None:
         """Every recipient is delivered or reported: the entry goes."""
         self.spool.remove(envelope.id)
-        self.log.info("done", msg=envelope.id,
-                      delivered=sum(r.state == DELIVERED for r in envelope.recipients),
-                      failed=sum(r.state == FAILED for r in envelope.recipients))
+        states = [r.state for r in envelope.recipients]
+        self.log.info("done", msg=envelope.id, delivered=states.count(RecipientState.DELIVERED),
+                      failed=states.count(RecipientState.FAILED))
+
+
+def _for_all(recipients: list[Recipient], result: Result) -> Outcome:
+    """One result for every recipient, when no host gave any ("none" in the log)."""
+    return Outcome("none", results={r.address: result for r in recipients})
 
 
 def _clock(when: float) -> str:
