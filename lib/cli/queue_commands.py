@@ -7,8 +7,9 @@ import json
 import sys
 import time
 
+from ..outbound.results import last_result
 from ..session.runtime import load_runtime
-from ..store.spool import QueueBusy, Spool, check_id
+from ..store.spool import QueueBusy, Recipient, RecipientState, Spool, check_id
 from .common import EXIT_FAILURE, EXIT_OK, UsageError, become_mail_user
 
 
@@ -37,23 +38,39 @@ def _queue_list(spool, as_json: bool) -> int:
             print(json.dumps({"id": envelope.id, "age": round(now - envelope.created),
                               "sender": envelope.sender,
                               "created": envelope.created,
-                              "recipients": [vars(r) for r in envelope.recipients]},
+                              "recipients": [_recipient_row(r) for r in envelope.recipients]},
                              ensure_ascii=False))
             continue
         age = _human(now - envelope.created)
         print(f"{envelope.id}  age {age}  from <{envelope.sender}>")
         for r in envelope.recipients:
             when = ""
-            if r.state == "pending":
+            if r.state == RecipientState.PENDING:
                 wait = r.next_attempt - now
                 when = "  next try now" if wait <= 0 else f"  next try in {_human(wait)}"
-            print(f"    {r.address}  {r.state}  attempts {r.attempts}{when}")
-            if r.last_reply:
+            print(f"    {r.address}  {r.state.value}  attempts {r.attempts}{when}")
+            if last := _last_reply(r):
                 relay = f" ({r.relay})" if r.relay and r.relay != "none" else ""
-                print(f"        last: {r.last_reply}{relay}")
+                print(f"        last: {last}{relay}")
     if not as_json:
         print(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'} in the queue")
     return EXIT_OK
+
+
+def _last_reply(recipient: Recipient) -> str:
+    """The last attempt's result as the log showed it; "" before the first."""
+    result = last_result(recipient)
+    return result.render() if result is not None else ""
+
+
+def _recipient_row(recipient: Recipient) -> dict:
+    """One recipient for `queue list --json`: the fields it always had, then the typed ones."""
+    return {"address": recipient.address, "state": recipient.state.value,
+            "attempts": recipient.attempts, "next_attempt": recipient.next_attempt,
+            "last_reply": _last_reply(recipient), "original": recipient.original,
+            "relay": recipient.relay, "reported": recipient.reported,
+            "expired": recipient.expired, "reply_code": recipient.reply_code,
+            "reply_enhanced": recipient.reply_enhanced, "failure": recipient.failure or None}
 
 
 def _human(seconds: float) -> str:

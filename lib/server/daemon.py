@@ -19,7 +19,7 @@ from ..core.durable import replace_durably
 from ..core.errors import ConfigError
 from ..log import sink
 from ..log.events import EventLog
-from ..outbound.delivery import QueueRunner
+from ..outbound.runner import QueueRunner
 from ..session.runtime import Runtime, Services, load_runtime
 from ..store import datadir
 from ..store.datadir import DataDirError, ReloadStatus, ServerLock

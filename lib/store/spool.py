@@ -16,6 +16,9 @@ never half of each.
 
 Every change to an entry happens under an flock() on its `.msg` file, so the
 queue runner and the `queue` command can work on the same queue at once.
+
+Envelopes written before recipients had typed results (a free-text
+`last_reply`, expiry marked inside it) are upgraded as they are read.
 """
 
 from __future__ import annotations
@@ -31,13 +34,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
 
 from ..core.durable import DirSyncer, replace_durably, temp_name, unlink_quietly, write_synced
 from ..log.events import EventLog
 from .maildir import TempMessage
 
-PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 WAKE_FILE = "wake"
 COPY_CHUNK = 1 << 20
 
@@ -63,16 +66,31 @@ def check_id(queue_id: str) -> str:
     return queue_id
 
 
+class RecipientState(StrEnum):
+    """Where a recipient of a queue entry stands (written to the envelope as its value)."""
+    PENDING = "pending"         # to be tried (again) at next_attempt
+    DELIVERED = "delivered"
+    FAILED = "failed"           # refused for good, or expired: the sender gets a DSN
+
+
 @dataclass
 class Recipient:
     address: str
-    state: str = PENDING
+    state: RecipientState = RecipientState.PENDING
     attempts: int = 0
     next_attempt: float = 0.0
-    last_reply: str = ""
+    # The last attempt's result (lib/outbound/results.py reads and writes these):
+    reply_code: int | None = None       # the reply's code, or what a failure counts as
+    reply_enhanced: str | None = None   # its RFC 3463 status code ("5.1.1"), when known
+    reply_text: str = ""                # the reply's text, or what went wrong when no host replied
+    failure: str = ""                   # "": a host replied; else why none did (refused, tls ...)
+    expired: bool = False       # failed because give_up_after passed, not because it was refused
     original: str = ""          # the address the client gave, when an alias forwarded it
-    relay: str = ""             # the host that gave last_reply: host[ip]:port
+    relay: str = ""             # the host that gave the reply: host[ip]:port
     reported: bool = False      # failed, and the sender has had a DSN about it
+
+    def __post_init__(self) -> None:
+        self.state = RecipientState(self.state)     # from JSON: the plain value
 
 
 @dataclass
@@ -89,12 +107,14 @@ class Envelope:
 
     @classmethod
     def from_json(cls, data: bytes) -> Envelope:
-        """Raises ValueError for anything that is not an envelope. Keys this
-        version does not know are ignored (a newer version may add some)."""
+        """Raises ValueError for anything that is not an envelope (bad JSON, an
+        unknown state). Keys this version does not know are ignored (a newer
+        version may add some); an old envelope is upgraded."""
         try:
             raw = json.loads(data.decode("utf-8"))
             known = {f.name for f in fields(Recipient)}
-            raw["recipients"] = [Recipient(**{k: v for k, v in item.items() if k in known})
+            raw["recipients"] = [Recipient(**{k: v for k, v in _upgraded(item).items()
+                                              if k in known})
                                  for item in raw["recipients"]]
             return cls(**{k: v for k, v in raw.items() if k in {f.name for f in fields(cls)}})
         except (UnicodeDecodeError, KeyError, TypeError, AttributeError) as error:
@@ -102,11 +122,34 @@ class Envelope:
 
     @property
     def pending(self) -> list[Recipient]:
-        return [r for r in self.recipients if r.state == PENDING]
+        return [r for r in self.recipients if r.state == RecipientState.PENDING]
 
     @property
     def next_attempt(self) -> float:
         return min((r.next_attempt for r in self.pending), default=float("inf"))
+
+
+# The old format: "451 4.2.0 text", and " (gave up after 5d)" appended on expiry.
+_OLD_REPLY = re.compile(r"(\d{3})(?: ([245]\.\d{1,3}\.\d{1,3}))?(?: |\Z)")
+_OLD_EXPIRY = re.compile(r" \(gave up after [^)]*\)\Z")
+
+
+def _upgraded(item: dict) -> dict:
+    """A recipient as the current format has it, from one written before the
+    last reply had fields (`last_reply` text) or from the current format."""
+    if "last_reply" not in item or "reply_code" in item:
+        return item
+    item = dict(item)
+    text = item.pop("last_reply") or ""
+    if item.get("state") == RecipientState.FAILED and (marker := _OLD_EXPIRY.search(text)):
+        item["expired"] = True
+        text = text[:marker.start()]
+    if match := _OLD_REPLY.match(text):
+        item["reply_code"] = int(match.group(1))
+        item["reply_enhanced"] = match.group(2)
+        text = text[match.end():]
+    item["reply_text"] = text
+    return item
 
 
 class QueueBusy(Exception):

@@ -1,13 +1,16 @@
-"""The queue on disk: commit point, orphans, locking, atomic updates."""
+"""The queue on disk: commit point, orphans, locking, atomic updates, envelope format."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
 import pytest
 
-from lib.store.spool import PENDING, Envelope, QueueBusy, Recipient, Spool, new_id
+from lib.store.spool import Envelope, QueueBusy, Recipient, RecipientState, Spool, new_id
+
+PENDING, DELIVERED, FAILED = RecipientState
 
 
 @pytest.fixture
@@ -48,10 +51,10 @@ def test_commit_creates_an_entry(spool):
 
 def test_save_replaces_atomically(spool):
     env = enqueue(spool)
-    env.recipients[0].state = "delivered"
+    env.recipients[0].state = DELIVERED
     env.recipients[0].attempts = 1
     spool.save(env)
-    assert spool.load(env.id).recipients[0].state == "delivered"
+    assert spool.load(env.id).recipients[0].state is DELIVERED
     assert os.listdir(spool.tmp) == []
 
 
@@ -102,7 +105,7 @@ def test_next_attempt_is_the_earliest_pending(spool):
     env.recipients[0].next_attempt = 50
     env.recipients[1].next_attempt = 20
     assert env.next_attempt == 20
-    env.recipients[1].state = "delivered"
+    env.recipients[1].state = DELIVERED
     assert env.next_attempt == 50
 
 
@@ -140,3 +143,147 @@ def test_half_entries_left_by_a_crash_are_cleaned(spool):
     os.utime(spool.entries_dir / f"{lonely}.env", (old, old))
     assert spool.clean_orphans() == 1
     assert spool.ids() == [env.id]
+
+
+# ---------------------------------------------------------------- envelope format
+
+def test_states_are_typed_in_memory_and_plain_values_on_disk(spool):
+    env = enqueue(spool)
+    env.recipients[0].state = FAILED
+    env.recipients[0].expired = True
+    spool.save(env)
+    raw = json.loads(spool.envelope_path(env.id).read_bytes())
+    assert [r["state"] for r in raw["recipients"]] == ["failed", "pending"]
+    assert raw["recipients"][0]["expired"] is True
+    loaded = spool.load(env.id)
+    assert [r.state for r in loaded.recipients] == [FAILED, PENDING]
+    assert all(type(r.state) is RecipientState for r in loaded.recipients)
+    assert loaded.pending == [loaded.recipients[1]]
+
+
+def test_an_envelope_with_an_unknown_state_is_quarantined(spool):
+    env = enqueue(spool)
+    spool.envelope_path(env.id).write_bytes(
+        env.to_json().replace(b'"pending"', b'"lost in space"', 1))
+    with pytest.raises(ValueError):
+        spool.load(env.id)
+    assert spool.entries() == [] and (spool.root / "bad" / f"{env.id}.env").exists()
+
+
+# Written by the queue of the version before typed results (Envelope.to_json
+# of that code, unchanged): free-text last_reply, expiry as a marker in it.
+OLD_ENVELOPE = b"""{
+ "id": "018C2B3D4E5F0A1B",
+ "sender": "alice@example.org",
+ "recipients": [
+  {
+   "address": "later@remote.example",
+   "state": "pending",
+   "attempts": 2,
+   "next_attempt": 1700003600.0,
+   "last_reply": "451 4.2.0 try later",
+   "original": "",
+   "relay": "mx.remote.example[192.0.2.25]:25",
+   "reported": false
+  },
+  {
+   "address": "gone@remote.example",
+   "state": "failed",
+   "attempts": 1,
+   "next_attempt": 0.0,
+   "last_reply": "550 5.1.1 <gone@remote.example>: no such user",
+   "original": "",
+   "relay": "mx.remote.example[192.0.2.25]:25",
+   "reported": true
+  },
+  {
+   "address": "slow@remote.example",
+   "state": "failed",
+   "attempts": 9,
+   "next_attempt": 0.0,
+   "last_reply": "451 4.4.1 cannot connect to mx.slow.example[192.0.2.26]:25: [Errno 111] \
+Connection refused (gave up after 5d)",
+   "original": "",
+   "relay": "none",
+   "reported": false
+  },
+  {
+   "address": "friend@remote.example",
+   "state": "delivered",
+   "attempts": 1,
+   "next_attempt": 0.0,
+   "last_reply": "250 2.0.0 Ok: queued",
+   "original": "fwd@example.org",
+   "relay": "mx.remote.example[192.0.2.25]:25",
+   "reported": false
+  },
+  {
+   "address": "new@remote.example",
+   "state": "pending",
+   "attempts": 0,
+   "next_attempt": 0.0,
+   "last_reply": "",
+   "original": "",
+   "relay": "",
+   "reported": false
+  }
+ ],
+ "created": 1700000000.0,
+ "utf8": false,
+ "origin": {
+  "session": "3F2A9C",
+  "client": "192.0.2.1"
+ }
+}"""
+
+
+def test_an_envelope_written_by_the_previous_version_loads(spool):
+    queue_id = "018C2B3D4E5F0A1B"
+    spool.message_path(queue_id).write_bytes(b"Subject: old\n\nbody\n")
+    spool.envelope_path(queue_id).write_bytes(OLD_ENVELOPE)
+    [envelope] = spool.entries()                      # not quarantined
+    later, gone, slow, friend, new = envelope.recipients
+    assert (envelope.id, envelope.sender, envelope.created) == \
+        (queue_id, "alice@example.org", 1700000000.0)
+    assert envelope.origin == {"session": "3F2A9C", "client": "192.0.2.1"}
+
+    assert (later.state, later.attempts, later.next_attempt) == (PENDING, 2, 1700003600.0)
+    assert (later.reply_code, later.reply_enhanced, later.reply_text) == \
+        (451, "4.2.0", "try later")
+    assert later.relay == "mx.remote.example[192.0.2.25]:25" and not later.expired
+
+    assert (gone.state, gone.reported, gone.expired) == (FAILED, True, False)
+    assert (gone.reply_code, gone.reply_enhanced, gone.reply_text) == \
+        (550, "5.1.1", "<gone@remote.example>: no such user")
+
+    # expiry was a marker at the end of the text: now a flag, and the text without it
+    assert (slow.state, slow.expired, slow.reported) == (FAILED, True, False)
+    assert (slow.reply_code, slow.reply_enhanced) == (451, "4.4.1")
+    assert slow.reply_text.endswith("Connection refused")
+
+    assert (friend.state, friend.reply_code, friend.original) == \
+        (DELIVERED, 250, "fwd@example.org")
+    assert (new.state, new.attempts, new.reply_code, new.reply_text) == (PENDING, 0, None, "")
+    assert envelope.pending == [later, new] and envelope.next_attempt == 0.0
+
+    # saved again, it is written in the new format and reads back the same
+    with spool.locked(queue_id):
+        spool.save(envelope)
+    raw = json.loads(spool.envelope_path(queue_id).read_bytes())
+    assert all("last_reply" not in r for r in raw["recipients"])
+    assert spool.load(queue_id) == envelope
+
+
+def test_the_expiry_marker_counts_only_on_a_failed_recipient(spool):
+    env = enqueue(spool)
+    data = json.loads(env.to_json())
+    for item in data["recipients"]:
+        for key in ("reply_code", "reply_enhanced", "reply_text", "failure", "expired"):
+            del item[key]                             # as the previous version wrote them
+        item["last_reply"] = "451 4.2.0 said (gave up after 5d) itself"
+    data["recipients"][0]["last_reply"] = "451 4.2.0 says (gave up after 5d)"
+    spool.envelope_path(env.id).write_bytes(json.dumps(data).encode())
+    first, second = spool.load(env.id).recipients
+    assert first.state is PENDING and not first.expired     # a pending one never expired
+    assert first.reply_text == "says (gave up after 5d)"
+    assert second.reply_text == "said (gave up after 5d) itself"
