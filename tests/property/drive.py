@@ -14,14 +14,14 @@ import base64
 import hashlib
 import logging
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from lib.checks.logins import Authenticator, AuthThrottle
 from lib.config.tls import TlsInfo
 from lib.log.events import EventLog, LineFormatter
 from lib.server.linereader import LineReader, LineTooLong
 from lib.session.engine import Action, Engine
-from lib.session.runtime import Services
+from lib.session.runtime import Runtime, Services
 
 TLS = TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", 256)
 ENDINGS = ("eof", "timeout", "shutdown")      # how a conversation ends when input runs out
@@ -54,6 +54,17 @@ class ExceptionWatcher(logging.Handler):
 
     def log(self, component: str) -> EventLog:
         return EventLog(component, logger=self.logger)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a fuzz module's conversations share; short in hypothesis' reports."""
+    runtime: Runtime
+    services: Services
+    mailbox: object = None          # POP3: the Maildir put back before each conversation
+
+    def __repr__(self) -> str:
+        return f"Setup({self.runtime.config.path.name})"
 
 
 def fresh_services(services: Services) -> Services:

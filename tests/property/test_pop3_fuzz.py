@@ -17,7 +17,7 @@ from lib.session.engine import ClientInfo
 from lib.session.runtime import Services, load_runtime
 
 from ..support import PASSWORD
-from .drive import ENDINGS, TLS, ExceptionWatcher, cheap_hash, converse, fresh_services
+from .drive import ENDINGS, TLS, ExceptionWatcher, Setup, cheap_hash, converse, fresh_services
 
 CONFIG = """
 [server]
@@ -41,23 +41,35 @@ postmaster = bhayden
 """
 
 TOKEN = base64.b64encode(f"\0alice\0{PASSWORD}".encode()).decode()
-verbs = st.sampled_from([
+LOGIN = f"USER alice\r\nPASS {PASSWORD}\r\n".encode()
+# Every conversation sends each of these once, in an order hypothesis picks,
+# so every command handler runs in every example, in whatever state it finds.
+COMMANDS = [
     "USER alice", "USER", f"PASS {PASSWORD}", "PASS x", "STAT", "LIST", "LIST 1", "LIST 3",
     "LIST x", "UIDL", "UIDL 2", "UIDL 9", "RETR 1", "RETR 2", "RETR 3", "RETR 4", "TOP 1 0",
     "TOP 2 1", "TOP 3 5", "TOP 1", "DELE 1", "DELE 3", "RSET", "NOOP", "CAPA", "AUTH",
-    "AUTH PLAIN", f"AUTH PLAIN {TOKEN}", TOKEN, "*", "AUTH CRAM-MD5", "STLS", "QUIT"])
+    "AUTH PLAIN", f"AUTH PLAIN {TOKEN}", "AUTH CRAM-MD5", "STLS"]
+# ... and some of these, which end the session or only make sense in AUTH
+EXTRAS = ["QUIT", TOKEN, "*", "%%%"]
 line_ending = st.sampled_from([b"\r\n", b"\n"])
-command = st.builds(lambda verb, end: verb.encode() + end, verbs, line_ending)
+extra = st.builds(lambda verb, end: verb.encode() + end, st.sampled_from(EXTRAS), line_ending)
 garbage = st.builds(lambda data, end: data.replace(b"\n", b"") + end,
                     st.binary(max_size=60), line_ending)
 long_line = st.sampled_from([b"L" * 300 + b"\r\n", b"A" * 12_300 + b"\r\n"])
-login = st.sampled_from([f"USER alice\r\nPASS {PASSWORD}\r\n", f"AUTH PLAIN\r\n{TOKEN}\r\n",
-                         "USER alice\r\nPASS wrong\r\n", "AUTH PLAIN\r\n%%%\r\n"]).map(str.encode)
-conversation = st.builds(
-    lambda first, items: first + b"".join(items),
-    st.sampled_from([b"", f"USER alice\r\nPASS {PASSWORD}\r\n".encode()]),
-    st.lists(st.one_of(command, command, command, command, command, login, garbage, long_line),
-             max_size=20))
+login = st.sampled_from([LOGIN, f"AUTH PLAIN\r\n{TOKEN}\r\n".encode(),
+                         b"USER alice\r\nPASS wrong\r\n", b"AUTH PLAIN\r\n%%%\r\n"])
+
+
+@st.composite
+def conversation(draw) -> bytes:
+    items = [verb.encode() + draw(line_ending) for verb in COMMANDS]
+    items += draw(st.lists(st.one_of(login, extra, extra, garbage, long_line), max_size=6))
+    # Half the conversations log in first (STLS first, so a stranger may), so the
+    # TRANSACTION commands find a mailbox.
+    first = draw(st.sampled_from([b"", b"STLS\r\n" + LOGIN]))
+    return first + b"".join(draw(st.permutations(items)))
+
+
 clients = st.sampled_from([ClientInfo("127.0.0.1", 1, "pop3"),
                            ClientInfo("192.0.2.9", 1, "pop3"),
                            ClientInfo("192.0.2.9", 1, "pop3s", TLS)])
@@ -101,15 +113,17 @@ def setup(tmp_path_factory, certificate):
                                   hash=cheap_hash(PASSWORD)))
     runtime = load_runtime(path)
     services = Services.create(runtime.config)
-    return runtime, services, Mailbox(services)
+    return Setup(runtime, services, Mailbox(services))
 
 
-def talk(setup, client: ClientInfo, data: bytes, sizes: list[int], ending: str) -> list[bytes]:
+def talk(setup: Setup, client: ClientInfo, data: bytes, sizes: list[int],
+         ending: str) -> list[bytes]:
     """One conversation; fails on any exception; returns what was sent."""
-    runtime, services, mailbox = setup
-    mailbox.restore()
+    assert isinstance(setup.mailbox, Mailbox)
+    setup.mailbox.restore()
     watcher = ExceptionWatcher()
-    session = Pop3Session(runtime, fresh_services(services), client, log=watcher.log("pop3"))
+    session = Pop3Session(setup.runtime, fresh_services(setup.services), client,
+                          log=watcher.log("pop3"))
     sent = converse(session, watcher, data, sizes, ending)
     for item in sent:
         if item.startswith((b"+OK", b"-ERR", b"+ ")):
@@ -120,7 +134,7 @@ def talk(setup, client: ClientInfo, data: bytes, sizes: list[int], ending: str) 
 
 
 @settings(max_examples=300, deadline=None)
-@given(client=clients, data=conversation, sizes=piece_sizes, ending=st.sampled_from(ENDINGS))
+@given(client=clients, data=conversation(), sizes=piece_sizes, ending=st.sampled_from(ENDINGS))
 def test_any_input_however_split_gets_the_same_answers(setup, client, data, sizes, ending):
     whole = talk(setup, client, data, [len(data) or 1], ending)
     assert talk(setup, client, data, [1], ending) == whole          # byte by byte
