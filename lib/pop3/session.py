@@ -10,10 +10,11 @@ Message bodies are not returned whole: a Step carries an iterator that reads
 and encodes the file in chunks.
 
 No sockets inside, but not free of I/O: through the MaildirStore a login
-takes the mailbox's lock file and lists the Maildir (and spends ~25 ms of
-CPU on the password check, scrypt); RETR and TOP open and read message
-files (lazily, in the Step's body iterator); QUIT renames and unlinks
-files and fsyncs the Maildir; close releases the lock.
+takes the mailbox's lock (a flock on a file in the Maildir) and lists the
+Maildir, after waiting for a password-check slot and ~25 ms of scrypt;
+RETR and TOP open and read message files (lazily, in the Step's body
+iterator); QUIT renames and unlinks files and fsyncs the Maildir; close
+releases the lock. Its events go to the EventLog it is given.
 
 Refusals are raised as Reject and answered in one place (`_feed_line`);
 the syntax and sequence errors in COUNTED also count towards MAX_BAD_COMMANDS.

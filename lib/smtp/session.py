@@ -3,16 +3,17 @@ lines and DATA chunks, answering with replies and, rarely, an action.
 
 No sockets inside: the listener reads bytes, feeds them here, writes the
 replies back and performs the action (start TLS, close). The engine is not
-free of I/O, though; a command may
-- block up to the in-flow delay ([checks.inflow] InFlow.max_delay, 1 s) at
-  MAIL while the outbound queue is over its limit,
-- spend ~25 ms of CPU on a password check (scrypt) at AUTH,
-- write the message through the intake as DATA arrives (a file in a
-  Maildir's or the queue's tmp/), and at the end of DATA fsync it into every
-  Maildir and the queue before the 250 (store.intake),
-- run [policy] filter_command as a subprocess, up to filter_timeout, at the
-  end of DATA for a stranger's message,
-- read the clock for message ids and the Received: header's date.
+free of I/O or waiting, though. A command may
+- wait up to the in-flow delay (checks.inflow.InFlow.max_delay, 1 s) at
+  MAIL while the outbound queue's backlog is over its limit,
+- wait for a password-check slot and spend ~25 ms of CPU in scrypt at AUTH,
+- write the message through the intake as DATA arrives (a file in the first
+  Maildir's or the queue's tmp/), and at the end of DATA fsync it into
+  every Maildir and the queue before the 250 (store.intake),
+- run [policy] filter_command as a subprocess, for up to filter_timeout, at
+  the end of a stranger's DATA,
+- read the clock for message ids and for the Received: header's date.
+Its events go to the EventLog it is given (tests pass one of their own).
 
 The session lives as long as the connection (peer, TLS, login); the
 Transaction (transaction.py) lives from MAIL to the end of DATA and owns the
