@@ -59,6 +59,8 @@ READY_FOR_TLS = Reply(220, "2.0.0", "Ready to start TLS")
 START_DATA = Reply(354, None, "End data with <CR><LF>.<CR><LF>")
 AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
 AUTH_CHALLENGE = Reply(334, None, "{challenge}")
+HELO_OK = Reply(250, None, "{host}")
+EHLO_OK = Reply(250, None, "{host} Hello {name} [{ip}]\n{extensions}")   # one keyword a line
 
 # ---------------------------------------------------------------- SMTP: 4xx
 
@@ -78,6 +80,16 @@ UNKNOWN_COMMAND = Reply(500, "5.5.2", "Command not recognised")
 LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long")
 NUL_IN_COMMAND = Reply(500, "5.5.2", "Syntax error: NUL character in command")
 SYNTAX_ERROR = Reply(501, "5.5.4", "Syntax error in parameters or arguments")
+HELLO_SYNTAX = Reply(501, "5.5.4", "{verb} needs one argument: your domain or address literal")
+TAKES_NO_ARGUMENT = Reply(501, "5.5.4", "{verb} takes no argument")
+VRFY_SYNTAX = Reply(501, "5.5.4", "VRFY needs an argument")
+AUTH_SYNTAX = Reply(501, "5.5.4", "AUTH needs a mechanism")
+MAIL_SYNTAX = Reply(501, "5.5.4", "Syntax: MAIL FROM:<address>")
+RCPT_SYNTAX = Reply(501, "5.5.4", "Syntax: RCPT TO:<address>")
+BAD_PARAMETER = Reply(501, "5.5.4", "Bad parameter {item}")
+PARAMETER_TWICE = Reply(501, "5.5.4", "Parameter {key} given twice")
+SIZE_SYNTAX = Reply(501, "5.5.4", "SIZE needs a number")
+SMTPUTF8_SYNTAX = Reply(501, "5.5.4", "SMTPUTF8 takes no value")
 BAD_ADDRESS_SYNTAX = Reply(501, "5.1.3", "Bad address syntax: {detail}")
 AUTH_CANCELLED = Reply(501, "5.0.0", "Authentication cancelled")
 AUTH_BAD_RESPONSE = Reply(501, "5.5.2", "Cannot decode the authentication response: {detail}")
@@ -139,19 +151,44 @@ class PopContinue:
         return f"+ {self.challenge}"
 
 
-# ---------------------------------------------------------------- POP3 replies (RFC 1939, codes RFC 3206)
+# ---------------------------------------------------------------- POP3 replies (RFC 1939)
+# Response codes in brackets: RFC 2449 8, RFC 3206.
+
+def _pop_ok(text: str) -> PopReply:
+    return PopReply(True, text)
+
 
 def _pop_err(text: str, code: str | None = None) -> PopReply:
     return PopReply(False, text, code)
 
 
-POP_GREETING = PopReply(True, "POP3 server ready")
-POP_BYE = PopReply(True, "Bye")
+POP_GREETING = _pop_ok("POP3 server ready")
+POP_BYE = _pop_ok("Bye")
+POP_UPDATED = _pop_ok("Bye ({deleted} deleted, {left} left)")
+POP_CAPA = _pop_ok("Capability list follows")
+POP_TLS_BEGIN = _pop_ok("Begin TLS negotiation")
+POP_SEND_PASSWORD = _pop_ok("Send the password")          # the same answer for every name
+POP_SASL_METHODS = _pop_ok("Methods follow")
+POP_LOGGED_IN = _pop_ok("{mailbox} has {count} messages ({size} octets)")
+POP_STAT = _pop_ok("{count} {size}")
+POP_LIST = _pop_ok("{count} messages ({size} octets)")
+POP_UIDL = _pop_ok("Unique-ID listing follows")
+POP_SCAN_LINE = _pop_ok("{number} {value}")      # LIST n / UIDL n: the message's size or uid
+POP_RETR = _pop_ok("{size} octets")
+POP_TOP = _pop_ok("Top of message follows")
+POP_MARKED = _pop_ok("Message {number} marked for deletion")
+POP_RESET = _pop_ok("Maildrop has {count} messages ({size} octets)")
+POP_NOOP = _pop_ok("")
+
 POP_NO_SUCH_MESSAGE = _pop_err("No such message")
 POP_ALREADY_DELETED = _pop_err("Message already deleted")
+POP_NUMBER_REQUIRED = _pop_err("Message number required")
+POP_TOP_SYNTAX = _pop_err("TOP needs a message number and a line count")
 POP_UNKNOWN_COMMAND = _pop_err("Unknown command")
 POP_WRONG_STATE = _pop_err("Command not valid in this state")
-POP_SYNTAX = _pop_err("Syntax error")
+POP_NUL_IN_COMMAND = _pop_err("NUL character in command")
+POP_USER_NEEDS_NAME = _pop_err("USER needs a name")
+POP_USER_FIRST = _pop_err("USER first")
 POP_AUTH_FAILED = _pop_err("Authentication failed", "AUTH")
 POP_AUTH_LOCKED = _pop_err("Too many failed logins from your address, try again later",
                            "SYS/TEMP")
@@ -159,6 +196,7 @@ POP_IN_USE = _pop_err("Mailbox is in use by another session", "IN-USE")
 POP_PLAINTEXT_REFUSED = _pop_err("Plaintext authentication is not allowed without TLS: use STLS",
                                  "AUTH")
 POP_SYS_TEMP = _pop_err("Temporary server error, try again later", "SYS/TEMP")
+POP_VANISHED = _pop_err("Message vanished from the mailbox", "SYS/TEMP")
 POP_LINE_TOO_LONG = _pop_err("Line too long")
 POP_TOO_MANY_ERRORS = _pop_err("Too many errors, closing connection")
 POP_TIMEOUT = _pop_err("Timeout, closing connection")
@@ -166,7 +204,6 @@ POP_SHUTTING_DOWN = _pop_err("Server shutting down, closing connection", "SYS/TE
 POP_AUTH_CANCELLED = _pop_err("Authentication cancelled")
 POP_TLS_ACTIVE = _pop_err("TLS is already active")
 POP_TLS_UNAVAILABLE = _pop_err("TLS is not available")
-POP_USER_FIRST = _pop_err("USER first")
 POP_UNKNOWN_MECHANISM = _pop_err("Unsupported authentication mechanism")
 POP_BAD_CREDENTIALS = _pop_err("Cannot decode the credentials: {detail}")
 POP_UPDATE_FAILED = _pop_err("Some deleted messages were not removed", "SYS/TEMP")

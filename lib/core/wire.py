@@ -96,13 +96,19 @@ class DataReceiver:
     (CVE-2023-51764 class). Lines starting with "." lose one dot (4.5.2).
 
     Work is done per chunk on complete lines, with bytes.replace; only the
-    unfinished last line is carried to the next chunk.
+    unfinished last line is carried to the next chunk. The result does not
+    depend on how the stream is split into chunks (a property test holds it
+    to that). A carried line longer than a text line is compacted (its CRs
+    dropped, as decoding drops them) and, once it is overlong, no longer
+    kept, only counted: memory stays bounded, `size` stays exact, and the
+    content returned after `overlong` is incomplete (the message is refused).
     """
 
     def __init__(self, max_line: int = MAX_TEXT_LINE):
         self._max_content = max_line - 2      # octets before CRLF (RFC 5322 2.1.1: 998)
-        self._pending = b""                   # unprocessed; starts at a line start
-        self._after_crlf = True               # the DATA command line ended with CRLF
+        self._pending = b""                   # the unfinished line; no LF in it
+        self._after_crlf = True               # the line in _pending follows a CRLF
+        self._mid_line = False                # _pending no longer holds its line's start
         self.done = False
         self.leftover = b""                   # bytes after the end: pipelined commands
         self.octets = 0                       # message octets on the wire, dot-stuffed
@@ -115,6 +121,7 @@ class DataReceiver:
         if self.done:
             self.leftover += chunk
             return b""
+        self.octets += len(chunk)
         buf = self._pending + chunk if self._pending else chunk
         if self._after_crlf and buf.startswith(b".\r\n"):
             return self._finish(b"", buf[3:])
@@ -124,29 +131,47 @@ class DataReceiver:
         cut = buf.rfind(b"\n") + 1
         region, self._pending = buf[:cut], buf[cut:]
         if len(self._pending) > self._max_content + 2:
-            self.overlong = True
-            self._pending = self._pending[-4:]     # enough to see an end marker start
+            self._shrink_pending()
         if not region:
             self.lines = 0
             return b""
         self._after_crlf = region.endswith(b"\r\n")
-        self.octets += len(region)
         return self._decode(region)
+
+    def _shrink_pending(self) -> None:
+        """Bound the carried line. Its CRs go (decoding drops every CR of a line
+        but one before its LF, and the last byte is kept for that); the line,
+        once longer than a text line, goes too, counted in `size`. The end
+        marker can start only at the last byte, which stays."""
+        line, last = self._pending[:-1].replace(b"\r", b""), self._pending[-1:]
+        dot = 1 if not self._mid_line and line.startswith(b".") else 0
+        self._after_crlf = False               # this line is no lone "." any more
+        if self._mid_line or len(line) - dot + (last != b"\r") > self._max_content:
+            self.overlong = True
+            self.size += len(line) - dot
+            self._pending = last
+            self._mid_line = True
+        else:
+            self._pending = line + last
 
     def _finish(self, region: bytes, rest: bytes) -> bytes:
         self.done = True
         self.leftover = rest
+        self.octets -= len(rest) + 3           # the ".\r\n" that ends the data is no content
         self._pending = b""
-        self.octets += len(region)
         self.lines = 0
         return self._decode(region) if region else b""
 
     def _decode(self, region: bytes) -> bytes:
-        """Complete lines (starting at a line start) -> stored form."""
+        """Complete lines (starting at a line start, or where _pending was cut) -> stored form."""
         out = region.replace(b"\r\n", b"\n")
         if b"\r" in out:
             out = out.replace(b"\r", b"")
-        if out.startswith(b".") or b"\n." in out:
+        if self._mid_line:                     # the first line's start was counted already
+            self._mid_line = False
+            if b"\n." in out:
+                out = out.replace(b"\n.", b"\n")
+        elif out.startswith(b".") or b"\n." in out:
             out = (b"\n" + out).replace(b"\n.", b"\n")[1:]
         lines = out.split(b"\n")         # one pass gives the line count and the longest line
         if not self.overlong and len(out) > self._max_content and \
@@ -162,9 +187,10 @@ class DataReceiver:
 class MessageEncoder:
     """A stored message -> its octets on the wire: CRLF line endings, lines
     starting with "." byte-stuffed (RFC 1939 3, RFC 5321 4.5.2), a final CRLF
-    added when the file lacks one, and the closing "." line. `foreign` files (written by another program) may already
-    hold CRLF; our own hold LF only. The size of the output before stuffing
-    is what CrlfCounter (and the ,W= of our names) says.
+    added when the file lacks one, and the closing "." line. `foreign` files
+    (written by another program) may already hold CRLF; our own hold LF only.
+    The size of the output before stuffing is what CrlfCounter (and the ,W=
+    of our names) says.
     """
 
     def __init__(self, foreign: bool = False):

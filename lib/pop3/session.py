@@ -8,6 +8,16 @@ so a dropped connection, a timeout or a shutdown deletes nothing. Retrieved
 messages move to cur/ with the Seen flag at QUIT, for a later IMAP server.
 Message bodies are not returned whole: a Step carries an iterator that reads
 and encodes the file in chunks.
+
+No sockets inside, but not free of I/O: through the MaildirStore a login
+takes the mailbox's lock (a flock on a file in the Maildir) and lists the
+Maildir, after waiting for a password-check slot and ~25 ms of scrypt;
+RETR and TOP open and read message files (lazily, in the Step's body
+iterator); QUIT renames and unlinks files and fsyncs the Maildir; close
+releases the lock. Its events go to the EventLog it is given.
+
+Refusals are raised as Reject and answered in one place (`_feed_line`);
+the syntax and sequence errors in COUNTED also count towards MAX_BAD_COMMANDS.
 """
 
 from __future__ import annotations
@@ -16,16 +26,22 @@ import enum
 import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from ..config.tls import TlsInfo
 from ..core import passwords, replies, wire
+from ..core.errors import Reject
 from ..core.replies import PopContinue, PopReply
 from ..log.events import EventLog
 from ..session.engine import Action, ClientInfo, SessionBasics, Step
 from ..session.runtime import Runtime, Services
 from ..store.maildir import MailboxBusy, MailboxLock, StoredMessage
 
-MAX_BAD_COMMANDS = 20
+MAX_BAD_COMMANDS = 20        # then -ERR and close, as SMTP does
+# refusals that count towards it: syntax and sequence errors
+COUNTED = frozenset({replies.POP_UNKNOWN_COMMAND, replies.POP_WRONG_STATE,
+                     replies.POP_NUL_IN_COMMAND, replies.POP_USER_NEEDS_NAME,
+                     replies.POP_USER_FIRST, replies.POP_LINE_TOO_LONG})
 RETR_CHUNK = 256 * 1024      # bigger messages are read and sent in pieces of this
 IMPLEMENTATION = "mailbox_appliance"
 
@@ -35,10 +51,6 @@ class State(enum.Enum):
     AUTH = "auth"                 # inside a SASL exchange (RFC 5034)
     TRANSACTION = "transaction"
     CLOSED = "closed"
-
-
-def ok(text: str = "") -> PopReply:
-    return PopReply(True, text)
 
 
 @dataclass(frozen=True)
@@ -66,6 +78,9 @@ class Pop3Session(SessionBasics):
     # ------------------------------------------------------------ what the handler asks
 
     receiving_data = False        # POP3 has no DATA phase; the handler asks SMTP and POP3 alike
+
+    def feed_data(self, chunk: bytes) -> Step:
+        raise RuntimeError("POP3 has no DATA phase; use feed_line")
 
     @property
     def max_line(self) -> int:
@@ -97,14 +112,14 @@ class Pop3Session(SessionBasics):
         return self._say(Step([replies.POP_SHUTTING_DOWN], Action.CLOSE))
 
     def line_too_long(self) -> Step:
-        if self.state is State.AUTH:
-            self.state = State.AUTHORIZATION
+        self._end_auth()
         return self._error(replies.POP_LINE_TOO_LONG)
 
     def close(self, reason: str = "client closed") -> None:
         """The connection is gone: release the mailbox, delete nothing."""
         if self.state is State.CLOSED:
             return
+        self._end_auth()
         if self.mailbox is not None and reason != "quit":
             self.log.info("disconnect", reason=reason, user=self.mailbox,
                           retrieved=len(self.retrieved), kept_marked=len(self.deleted) or None)
@@ -125,8 +140,7 @@ class Pop3Session(SessionBasics):
             return self._feed_line(line)
         except Exception:                    # a bug: answer, keep the session usable
             self.log.exception("internal_error", state=self.state.value, user=self.mailbox)
-            if self.state is State.AUTH:
-                self.state = State.AUTHORIZATION
+            self._end_auth()
             return self._say(Step([replies.POP_SYS_TEMP]))
 
     def _feed_line(self, line: bytes) -> Step:
@@ -135,24 +149,29 @@ class Pop3Session(SessionBasics):
         text = line.rstrip(b"\n").rstrip(b"\r")
         if self.log.debugging:
             self.log.debug("recv", line=self._masked(text))
-        if b"\0" in text:
-            return self._error(replies.POP_SYNTAX.with_text("NUL character in command"))
-        decoded = text.decode("utf-8", "surrogateescape")
-        if self.state is State.AUTH:
-            return self._say(self._sasl_response(decoded))
-        verb, _, argument = decoded.partition(" ")
-        command = COMMANDS.get(verb.upper())
-        if command is None:
-            return self._error(replies.POP_UNKNOWN_COMMAND)
-        if self.state not in command.allowed:
-            return self._error(replies.POP_WRONG_STATE)
         try:
+            if b"\0" in text:
+                raise Reject(replies.POP_NUL_IN_COMMAND)
+            decoded = text.decode("utf-8", "surrogateescape")
+            if self.state is State.AUTH:
+                return self._say(self._sasl_response(decoded))
+            verb, _, argument = decoded.partition(" ")
+            command = COMMANDS.get(verb.upper())
+            if command is None:
+                raise Reject(replies.POP_UNKNOWN_COMMAND)
+            if self.state not in command.allowed:
+                raise Reject(replies.POP_WRONG_STATE)
             return self._say(command.run(self, argument))
+        except Reject as reject:                 # the one place a refusal becomes a reply
+            if reject.reply in COUNTED:
+                return self._error(reject.reply)
+            return self._say(Step([reject.reply]))
         except OSError as error:                 # the Maildir went away or the disk failed
             self.log.exception("pop3_error", user=self.mailbox, error=str(error))
             return self._say(Step([replies.POP_SYS_TEMP]))
 
     def _error(self, reply: PopReply) -> Step:
+        """A syntax or sequence error: counted, and after too many the connection closes."""
         self.bad_commands += 1
         if self.bad_commands > MAX_BAD_COMMANDS:
             self.log.warning("too_many_errors", count=self.bad_commands)
@@ -181,79 +200,85 @@ class Pop3Session(SessionBasics):
         if self.state is State.AUTHORIZATION and self.tls_offered:
             caps.append("STLS")
         caps.append(f"IMPLEMENTATION {IMPLEMENTATION}")
-        return Step([ok("Capability list follows")], body=_lines(caps))
+        return Step([replies.POP_CAPA], body=_lines(caps))
 
     def _stls(self, argument: str) -> Step:
         if self.tls is not None:
-            return Step([replies.POP_TLS_ACTIVE])
+            raise Reject(replies.POP_TLS_ACTIVE)
         if self.runtime.tls is None:
-            return Step([replies.POP_TLS_UNAVAILABLE])
-        return Step([ok("Begin TLS negotiation")], Action.START_TLS)
+            raise Reject(replies.POP_TLS_UNAVAILABLE)
+        return Step([replies.POP_TLS_BEGIN], Action.START_TLS)
 
     def _user(self, argument: str) -> Step:
         if not self.auth_allowed:
-            return Step([replies.POP_PLAINTEXT_REFUSED])
+            raise Reject(replies.POP_PLAINTEXT_REFUSED)
         name = argument.strip()
         if not name:
-            return self._error(replies.POP_SYNTAX.with_text("USER needs a name"))
+            raise Reject(replies.POP_USER_NEEDS_NAME)
         self.user_name = name
-        return Step([ok("Send the password")])     # the same answer for every name
+        return Step([replies.POP_SEND_PASSWORD])
 
     def _pass(self, argument: str) -> Step:
         if not self.auth_allowed:
-            return Step([replies.POP_PLAINTEXT_REFUSED])
+            raise Reject(replies.POP_PLAINTEXT_REFUSED)
         if self.user_name is None:
-            return self._error(replies.POP_USER_FIRST)
+            raise Reject(replies.POP_USER_FIRST)
         name, self.user_name = self.user_name, None
         return self._login("USER", name, argument)     # a password may contain spaces
 
     def _auth(self, argument: str) -> Step:
         mechanism, _, initial = argument.strip().partition(" ")
         if not mechanism:          # the RFC 1734 form some clients use to list mechanisms
-            return Step([ok("Methods follow")], body=_lines(["PLAIN"]))
+            return Step([replies.POP_SASL_METHODS], body=_lines(["PLAIN"]))
         if mechanism.upper() != "PLAIN":
-            return Step([replies.POP_UNKNOWN_MECHANISM])
+            raise Reject(replies.POP_UNKNOWN_MECHANISM)
         if not self.auth_allowed:
-            return Step([replies.POP_PLAINTEXT_REFUSED])
+            raise Reject(replies.POP_PLAINTEXT_REFUSED)
         if initial.strip():
             return self._sasl_response(initial)
         self.state = State.AUTH
         return Step([PopContinue()])
 
     def _sasl_response(self, text: str) -> Step:
-        self.state = State.AUTHORIZATION
+        """The PLAIN response, as the AUTH argument or on its own line: the exchange ends."""
+        self._end_auth()
         if text.strip() == "*":
-            return Step([replies.POP_AUTH_CANCELLED])
+            raise Reject(replies.POP_AUTH_CANCELLED)
         try:
             name, secret = passwords.decode_plain(passwords.b64decode_response(text))
         except passwords.SaslError as error:
-            self.bad_commands += 1
-            return Step([replies.POP_BAD_CREDENTIALS.fill(detail=str(error))])
+            self.bad_commands += 1            # counted, though never the one that closes
+            raise Reject(replies.POP_BAD_CREDENTIALS.fill(detail=str(error))) from None
         return self._login("PLAIN", name, secret)
+
+    def _end_auth(self) -> None:
+        """The one way out of the SASL exchange, whatever ended it."""
+        if self.state is State.AUTH:
+            self.state = State.AUTHORIZATION
 
     def _login(self, method: str, name: str, secret: str) -> Step:
         result = self.services.auth.login(self.router, self.client.ip, name, secret)
         if result.mailbox is None:
             self.log.warning("login_failed", method=method, user=name[:64], reason=result.reason,
                              client=self.client.ip)
-            return Step([replies.POP_AUTH_LOCKED if result.locked else replies.POP_AUTH_FAILED])
+            raise Reject(replies.POP_AUTH_LOCKED if result.locked else replies.POP_AUTH_FAILED)
         try:
             self._lock = self.store.lock(result.mailbox)
         except MailboxBusy:
             self.log.info("login_refused", user=result.mailbox, reason="mailbox in use")
-            return Step([replies.POP_IN_USE])
+            raise Reject(replies.POP_IN_USE) from None
         try:
             self.messages = self.store.snapshot(result.mailbox)
         except OSError as error:
             self._release()
             self.log.error("login_failed", user=result.mailbox, reason=f"cannot list: {error}")
-            return Step([replies.POP_SYS_TEMP])
+            raise Reject(replies.POP_SYS_TEMP) from None
         self.mailbox = result.mailbox
         self.state = State.TRANSACTION
         count, size = self._totals()
         self.log.info("login", method=method, user=self.mailbox, messages=count, octets=size,
                       tls=self.tls.version if self.tls else None)
-        return Step([ok(f"{self.mailbox} has {count} messages ({size} octets)")])
+        return Step([replies.POP_LOGGED_IN.fill(mailbox=self.mailbox, count=count, size=size)])
 
     def _quit(self, argument: str) -> Step:
         if self.state is not State.TRANSACTION:
@@ -267,105 +292,90 @@ class Pop3Session(SessionBasics):
         live = [m.size for i, m in enumerate(self.messages) if i not in self.deleted]
         return len(live), sum(live)
 
-    def _message(self, text: str) -> tuple[int, StoredMessage] | PopReply:
-        """The message a number argument names, or the error to answer."""
+    def _message(self, text: str) -> tuple[int, StoredMessage]:
+        """The message a number argument names (0-based index, message), or Reject."""
         text = text.strip()
         if not wire.is_number(text):
-            return replies.POP_SYNTAX.with_text("Message number required")
+            raise Reject(replies.POP_NUMBER_REQUIRED)
         index = int(text) - 1
         if not 0 <= index < len(self.messages):
-            return replies.POP_NO_SUCH_MESSAGE
+            raise Reject(replies.POP_NO_SUCH_MESSAGE)
         if index in self.deleted:
-            return replies.POP_ALREADY_DELETED
+            raise Reject(replies.POP_ALREADY_DELETED)
         return index, self.messages[index]
 
     def _stat(self, argument: str) -> Step:
         count, size = self._totals()
-        return Step([ok(f"{count} {size}")])
+        return Step([replies.POP_STAT.fill(count=count, size=size)])
 
     def _list(self, argument: str) -> Step:
         count, size = self._totals()
         return self._listing(argument, lambda message: message.size,
-                             ok(f"{count} messages ({size} octets)"))
+                             replies.POP_LIST.fill(count=count, size=size))
 
     def _uidl(self, argument: str) -> Step:
-        return self._listing(argument, lambda message: message.uid,
-                             ok("Unique-ID listing follows"))
+        return self._listing(argument, lambda message: message.uid, replies.POP_UIDL)
 
     def _listing(self, argument: str, value: Callable, header: PopReply) -> Step:
         """LIST and UIDL: one message's line, or every message not marked deleted."""
         if argument.strip():
-            found = self._message(argument)
-            if isinstance(found, PopReply):
-                return Step([found])
-            index, message = found
-            return Step([ok(f"{index + 1} {value(message)}")])
+            index, message = self._message(argument)
+            return Step([replies.POP_SCAN_LINE.fill(number=index + 1, value=value(message))])
         lines = [f"{i + 1} {value(m)}" for i, m in enumerate(self.messages)
                  if i not in self.deleted]
         return Step([header], body=_lines(lines))
 
     def _retr(self, argument: str) -> Step:
-        found = self._message(argument)
-        if isinstance(found, PopReply):
-            return Step([found])
-        index, message = found
-        reply = ok(f"{message.size} octets")
+        index, message = self._message(argument)
+        reply = replies.POP_RETR.fill(size=message.size)
         if message.octets is not None and message.octets <= RETR_CHUNK:
             try:
                 data = self.store.read_whole(message)
             except FileNotFoundError:
-                return Step([self._vanished(message)])
+                raise self._vanished(message) from None
             self.retrieved.add(index)
             encoder = wire.MessageEncoder(message.crlf)
             return Step([reply], body=(encoder.feed(data) + encoder.finish(),))
         handle = self._open(message)
-        if handle is None:
-            return Step([self._vanished(message)])
         self.retrieved.add(index)
         return Step([reply], body=_stream(handle, message.crlf))
 
     def _top(self, argument: str) -> Step:
         parts = argument.split()
         if len(parts) != 2 or not wire.is_number(parts[1]):
-            return Step([replies.POP_SYNTAX.with_text("TOP needs a message number and a line count")])
-        found = self._message(parts[0])
-        if isinstance(found, PopReply):
-            return Step([found])
-        _, message = found
+            raise Reject(replies.POP_TOP_SYNTAX)
+        _, message = self._message(parts[0])
         handle = self._open(message)
-        if handle is None:
-            return Step([self._vanished(message)])
-        return Step([ok("Top of message follows")],
-                    body=_top(handle, message.crlf, int(parts[1])))
+        return Step([replies.POP_TOP], body=_top(handle, message.crlf, int(parts[1])))
 
-    def _open(self, message: StoredMessage):
+    def _open(self, message: StoredMessage) -> BinaryIO:
         try:
             return self.store.open(message)
         except FileNotFoundError:
-            return None
+            raise self._vanished(message) from None
 
-    def _vanished(self, message: StoredMessage) -> PopReply:
+    def _vanished(self, message: StoredMessage) -> Reject:
         self.log.warning("message_vanished", user=self.mailbox, uid=message.uid)
-        return replies.POP_SYS_TEMP.with_text("Message vanished from the mailbox")
+        return Reject(replies.POP_VANISHED)
 
     def _dele(self, argument: str) -> Step:
-        found = self._message(argument)
-        if isinstance(found, PopReply):
-            return Step([found])
-        index, _ = found
+        index, _ = self._message(argument)
         self.deleted.add(index)
-        return Step([ok(f"Message {index + 1} marked for deletion")])
+        return Step([replies.POP_MARKED.fill(number=index + 1)])
 
     def _rset(self, argument: str) -> Step:
         self.deleted.clear()
         count, size = self._totals()
-        return Step([ok(f"Maildrop has {count} messages ({size} octets)")])
+        return Step([replies.POP_RESET.fill(count=count, size=size)])
 
     def _noop(self, argument: str) -> Step:
-        return Step([ok()])
+        return Step([replies.POP_NOOP])
 
     def _update(self) -> Step:
         """RFC 1939 6: the UPDATE state. Deletions and Seen flags happen now."""
+        mailbox = self.mailbox
+        if mailbox is None:
+            raise RuntimeError("UPDATE without a login")
         failed = 0
         for index, message in enumerate(self.messages):
             try:
@@ -375,20 +385,20 @@ class Pop3Session(SessionBasics):
                     self.store.mark_seen(message)
             except OSError as error:
                 failed += 1
-                self.log.error("update_failed", user=self.mailbox, uid=message.uid,
+                self.log.error("update_failed", user=mailbox, uid=message.uid,
                                error=str(error))
         try:
-            self.store.sync(self.mailbox)
+            self.store.sync(mailbox)
         except OSError:
             failed += 1
         count = len(self.messages) - len(self.deleted)
-        self.log.info("quit", user=self.mailbox, retrieved=len(self.retrieved),
+        self.log.info("quit", user=mailbox, retrieved=len(self.retrieved),
                       deleted=len(self.deleted), left=count, failed=failed or None)
         self.close("quit")
         if failed:
-            return Step([replies.POP_UPDATE_FAILED],
-                        Action.CLOSE)
-        return Step([ok(f"Bye ({len(self.deleted)} deleted, {count} left)")], Action.CLOSE)
+            return Step([replies.POP_UPDATE_FAILED], Action.CLOSE)
+        return Step([replies.POP_UPDATED.fill(deleted=len(self.deleted), left=count)],
+                    Action.CLOSE)
 
 
 def _lines(lines: list[str]) -> Iterator[bytes]:

@@ -25,7 +25,7 @@ from ..config.tls import info_of
 from ..core import replies
 from ..log.events import EventLog
 from ..pop3.session import Pop3Session
-from ..session.engine import Action, ClientInfo, Step
+from ..session.engine import Action, ClientInfo, Engine, EngineClass, Step
 from ..session.runtime import Runtime, Services
 from ..smtp.session import SmtpSession
 from .linereader import LineReader, LineTooLong
@@ -80,7 +80,7 @@ class MailServer(socketserver.ThreadingTCPServer):
         host, port = self.socket.getsockname()[:2]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
-    def process_request(self, request: socket.socket, client_address) -> None:
+    def process_request(self, request, client_address) -> None:
         ip = client_address[0]
         refusal = self.app.services.connections.open(ip, self.app.runtime.config)
         if refusal is not None:
@@ -173,7 +173,8 @@ class Connection:
             raise TimeoutError("command timeout")
 
     def _poll_until_readable(self) -> None:
-        if self.sock.pending():                  # decrypted bytes already inside ssl
+        sock = self.sock
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():   # decrypted bytes inside ssl
             return
         while True:
             if self.app.closing.is_set():
@@ -211,8 +212,9 @@ class Connection:
         return tls_sock
 
 
-SESSIONS = {"smtp": SmtpSession, "submission": SmtpSession, "submissions": SmtpSession,
-            "pop3": Pop3Session, "pop3s": Pop3Session}
+SESSIONS: dict[str, EngineClass] = {
+    "smtp": SmtpSession, "submission": SmtpSession, "submissions": SmtpSession,
+    "pop3": Pop3Session, "pop3s": Pop3Session}
 
 
 class SessionHandler(socketserver.BaseRequestHandler):
@@ -229,6 +231,8 @@ class SessionHandler(socketserver.BaseRequestHandler):
         sock = self.request
         tls = None
         if kind in IMPLICIT_TLS_KINDS:
+            if runtime.tls is None:            # the config refuses such a listener without [tls]
+                raise RuntimeError(f"{kind} listener without a TLS context")
             try:
                 sock.settimeout(min(runtime.config.limits.command_timeout, HANDSHAKE_SECONDS))
                 sock = runtime.tls.wrap_socket(sock, server_side=True)
@@ -241,7 +245,7 @@ class SessionHandler(socketserver.BaseRequestHandler):
                                                            tls=tls))
         conn = Connection(sock, app, runtime.config.limits.command_timeout)
         try:
-            self._converse(conn, session)
+            self._converse(conn, session, runtime)
         except ClientGone as gone:
             session.close(str(gone) or "client disconnected")
         except (ConnectionError, OSError) as error:
@@ -253,7 +257,7 @@ class SessionHandler(socketserver.BaseRequestHandler):
             except OSError:
                 pass
 
-    def _converse(self, conn: Connection, session) -> None:
+    def _converse(self, conn: Connection, session: Engine, runtime: Runtime) -> None:
         step = session.greeting()
         while True:
             for reply in step.replies:
@@ -269,8 +273,10 @@ class SessionHandler(socketserver.BaseRequestHandler):
                 conn.flush()
                 return
             if step.action is Action.START_TLS:
+                if runtime.tls is None:        # an engine offers STARTTLS/STLS only with one
+                    raise RuntimeError("START_TLS without a TLS context")
                 try:
-                    tls_sock = conn.start_tls(session.runtime.tls)
+                    tls_sock = conn.start_tls(runtime.tls)
                 except (OSError, ssl.SSLError) as error:
                     session.tls_failed(str(error)[:200])
                     return
@@ -281,7 +287,7 @@ class SessionHandler(socketserver.BaseRequestHandler):
                 conn.flush()                   # RFC 2920: answer once the input runs dry
             step = self._next_step(conn, session)
 
-    def _next_step(self, conn: Connection, session) -> Step:
+    def _next_step(self, conn: Connection, session: Engine) -> Step:
         try:
             if session.receiving_data:
                 chunk = conn.reader.read_chunk()

@@ -1,11 +1,25 @@
 """The SMTP engine (RFC 5321 + ESMTP extensions): a state machine fed command
 lines and DATA chunks, answering with replies and, rarely, an action.
 
-No sockets, threads or clocks inside: the listener reads bytes, feeds them
-here, writes the replies back and performs the action (start TLS, close).
+No sockets inside: the listener reads bytes, feeds them here, writes the
+replies back and performs the action (start TLS, close). The engine is not
+free of I/O or waiting, though. A command may
+- wait up to the in-flow delay (checks.inflow.InFlow.max_delay, 1 s) at
+  MAIL while the outbound queue's backlog is over its limit,
+- wait for a password-check slot and spend ~25 ms of CPU in scrypt at AUTH,
+- write the message through the intake as DATA arrives (a file in the first
+  Maildir's or the queue's tmp/), and at the end of DATA fsync it into
+  every Maildir and the queue before the 250 (store.intake),
+- run [policy] filter_command as a subprocess, for up to filter_timeout, at
+  the end of a stranger's DATA,
+- read the clock for message ids and for the Received: header's date.
+Its events go to the EventLog it is given (tests pass one of their own).
+
 The session lives as long as the connection (peer, TLS, login); the
-Transaction lives from MAIL to the end of DATA and is replaced whole on RSET,
-EHLO, STARTTLS and after each message.
+Transaction (transaction.py) lives from MAIL to the end of DATA and owns the
+DATA state. It is dropped whole on RSET, EHLO/HELO, STARTTLS, after each
+message and on abort (`_end_transaction`); a SASL exchange (sasl.py) ends
+in one place too (`_end_auth`).
 
 Extensions: SIZE (RFC 1870), PIPELINING (2920), 8BITMIME (6152),
 ENHANCEDSTATUSCODES (2034/3463), STARTTLS (3207), AUTH PLAIN LOGIN (4954),
@@ -14,15 +28,14 @@ SMTPUTF8 (6531).
 
 from __future__ import annotations
 
-import email.utils
 import enum
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..checks import trust
 from ..checks.filter import run_filter
-from ..config.router import REJECTED, REMOTE, Resolution
+from ..config.router import REJECTED, REMOTE
 from ..config.tls import TlsInfo
 from ..core import passwords, replies, wire
 from ..core.addresses import Address, AddressError, parse_path
@@ -31,8 +44,9 @@ from ..core.replies import Reply
 from ..log.events import EventLog
 from ..session.engine import Action, ClientInfo, SessionBasics, Step
 from ..session.runtime import Runtime, Services
-from ..store.intake import Destinations, Incoming, path_text
-from ..store.spool import new_id
+from ..store.intake import path_text
+from .sasl import MECHANISMS, Cancelled, Credentials, SaslExchange
+from .transaction import Transaction
 
 MAX_BAD_COMMANDS = 20        # then 421 and close, as Postfix's smtpd_hard_error_limit
 # replies that count towards it: syntax and sequence errors, and refused
@@ -43,8 +57,6 @@ NOT_IMPLEMENTED_VERBS = frozenset({"EXPN", "TURN", "ETRN", "ATRN", "BDAT", "SEND
                                    "SAML"})
 _ESMTP_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
 _HELO_UNSAFE = re.compile(r"[^A-Za-z0-9.:\[\]_-]")
-LOGIN_USERNAME = "VXNlcm5hbWU6"    # base64 "Username:"
-LOGIN_PASSWORD = "UGFzc3dvcmQ6"    # base64 "Password:"
 
 
 class State(enum.Enum):
@@ -55,15 +67,6 @@ class State(enum.Enum):
     DATA = "data"                 # receiving the message
     AUTH = "auth"                 # inside a SASL exchange
     CLOSED = "closed"
-
-
-@dataclass
-class Transaction:
-    """One message: MAIL FROM to end of DATA."""
-    sender: Address | None
-    utf8: bool = False
-    recipients: list[tuple[Address, Resolution]] = field(default_factory=list)
-    id: str = field(default_factory=new_id)
 
 
 @dataclass(frozen=True)
@@ -91,10 +94,7 @@ class SmtpSession(SessionBasics):
         self.transaction: Transaction | None = None
         self.bad_commands = 0
         self.messages = 0
-        self._auth: tuple[str, str | None] | None = None   # (mechanism, login name so far)
-        self._incoming: Incoming | None = None
-        self._receiver: wire.DataReceiver | None = None
-        self._write_error = False          # the disk refused part of the current message
+        self._auth: SaslExchange | None = None      # set in State.AUTH only
 
     # ------------------------------------------------------------ what the handler asks
 
@@ -121,12 +121,12 @@ class SmtpSession(SessionBasics):
 
     def tls_started(self, info: TlsInfo) -> None:
         """RFC 3207 4.2: forget everything learnt before the handshake."""
+        self._end_transaction()
         self.tls = info
         self.state = State.CONNECTED
         self.helo = None
         self.esmtp = False
         self.user = None
-        self._abort_transaction()
         self.log.info("starttls", version=info.version, cipher=info.cipher)
 
     def tls_failed(self, reason: str) -> None:
@@ -144,17 +144,15 @@ class SmtpSession(SessionBasics):
 
     def line_too_long(self) -> Step:
         self.log.info("line_too_long", state=self.state.value)
-        if self.state is State.AUTH:
-            self._auth = None
-            self.state = State.READY
+        self._end_auth()
         return self._error(replies.LINE_TOO_LONG)
 
     def close(self, reason: str = "client closed") -> None:
         """The connection is gone or going: drop any half-received message."""
         if self.state is State.CLOSED:
             return
-        aborted = self._incoming is not None
-        self._abort_transaction()
+        self._end_auth()
+        aborted = self._end_transaction()
         self.state = State.CLOSED
         self.log.info("disconnect", reason=reason, messages=self.messages,
                       aborted_data=aborted or None)
@@ -167,10 +165,8 @@ class SmtpSession(SessionBasics):
             return self._feed_line(line)
         except Exception:                    # a bug: say 451, keep the session usable
             self.log.exception("internal_error", state=self.state.value)
-            self._reset()
-            if self.state is State.AUTH:
-                self._auth = None
-                self.state = State.READY
+            self._end_auth()
+            self._end_transaction()
             return self._say(_reply(replies.LOCAL_ERROR))
 
     def _feed_line(self, line: bytes) -> Step:
@@ -185,10 +181,7 @@ class SmtpSession(SessionBasics):
             return self._error(replies.NUL_IN_COMMAND)
         decoded = text.decode("utf-8", "surrogateescape")
         if self.state is State.AUTH:
-            step = self._auth_response(decoded)
-            if step.replies[0].code in CLIENT_ERRORS:
-                return self._error(*step.replies)
-            return self._say(step)
+            return self._answer(self._auth_step(decoded))
         verb, _, argument = decoded.partition(" ")
         verb = verb.upper()
         command = COMMANDS.get(verb)
@@ -204,8 +197,12 @@ class SmtpSession(SessionBasics):
             return self._error(replies.BAD_SEQUENCE.fill(detail=command.refusal))
         try:
             step = command.run(self, argument)
-        except Reject as reject:
+        except Reject as reject:             # the one place a refusal becomes a reply
             step = Step([reject.reply])
+        return self._answer(step)
+
+    def _answer(self, step: Step) -> Step:
+        """A command's step, with a client error counted against the budget."""
         if any(reply.code in CLIENT_ERRORS for reply in step.replies):
             return self._error(*step.replies)
         return self._say(step)
@@ -229,17 +226,14 @@ class SmtpSession(SessionBasics):
             return " ".join(words[:2]) + (" ****" if len(words) > 2 else "")
         return text.decode("utf-8", "replace")
 
-    def _abort_transaction(self) -> None:
-        if self._incoming is not None:
-            self._incoming.discard()
-            self._incoming = None
-        self._receiver = None
-        self.transaction = None
-
-    def _reset(self) -> None:
-        self._abort_transaction()
+    def _end_transaction(self) -> bool:
+        """Drop the transaction whole: RSET, EHLO/HELO, STARTTLS, the end of each
+        message, an abort. A message begun and not committed is discarded here
+        and nowhere else; returns True when there was one."""
+        transaction, self.transaction = self.transaction, None
         if self.state in (State.MAIL, State.RCPT, State.DATA):
             self.state = State.READY
+        return transaction is not None and transaction.discard()
 
     # ------------------------------------------------------------ EHLO / HELO
 
@@ -252,24 +246,23 @@ class SmtpSession(SessionBasics):
     def _hello(self, argument: str, esmtp: bool) -> Step:
         name = argument.strip()
         if not name or " " in name:
-            raise Reject(replies.SYNTAX_ERROR.with_text(
-                f"{'EHLO' if esmtp else 'HELO'} needs one argument: your domain or address literal"))
-        self._abort_transaction()
+            raise Reject(replies.HELLO_SYNTAX.fill(verb="EHLO" if esmtp else "HELO"))
+        self._end_transaction()
         self.state = State.READY
         self.helo = name
         self.esmtp = esmtp
         self.log.info("helo", name=name, esmtp=esmtp)
         if not esmtp:
-            return _reply(Reply(250, None, self.host))
-        lines = [f"{self.host} Hello {_HELO_UNSAFE.sub('?', name)} [{self.client.ip}]",
-                 "PIPELINING", f"SIZE {self.config.limits.max_message_size}", "8BITMIME",
-                 "ENHANCEDSTATUSCODES", "SMTPUTF8"]
+            return _reply(replies.HELO_OK.fill(host=self.host))
+        extensions = ["PIPELINING", f"SIZE {self.config.limits.max_message_size}", "8BITMIME",
+                      "ENHANCEDSTATUSCODES", "SMTPUTF8"]
         if self.tls_offered:
-            lines.append("STARTTLS")
+            extensions.append("STARTTLS")
         if self.auth_allowed and self.user is None:
-            lines.append("AUTH PLAIN LOGIN")
-        lines.append("HELP")
-        return _reply(Reply(250, None, "\n".join(lines)))
+            extensions.append("AUTH " + " ".join(MECHANISMS))
+        extensions.append("HELP")
+        return _reply(replies.EHLO_OK.fill(host=self.host, name=_HELO_UNSAFE.sub("?", name),
+                                           ip=self.client.ip, extensions="\n".join(extensions)))
 
     # ------------------------------------------------------------ simple commands
 
@@ -278,8 +271,8 @@ class SmtpSession(SessionBasics):
 
     def _rset(self, argument: str) -> Step:
         if argument.strip():
-            raise Reject(replies.SYNTAX_ERROR.with_text("RSET takes no argument"))
-        self._reset()
+            raise Reject(replies.TAKES_NO_ARGUMENT.fill(verb="RSET"))
+        self._end_transaction()
         return _reply(replies.RESET_OK)
 
     def _quit(self, argument: str) -> Step:
@@ -291,7 +284,7 @@ class SmtpSession(SessionBasics):
 
     def _vrfy(self, argument: str) -> Step:
         if not argument.strip():
-            raise Reject(replies.SYNTAX_ERROR.with_text("VRFY needs an argument"))
+            raise Reject(replies.VRFY_SYNTAX)
         return _reply(replies.CANNOT_VRFY)          # never reveals which mailboxes exist
 
     # ------------------------------------------------------------ STARTTLS
@@ -302,7 +295,7 @@ class SmtpSession(SessionBasics):
         if self.runtime.tls is None:
             raise Reject(replies.NOT_IMPLEMENTED)
         if argument.strip():
-            raise Reject(replies.SYNTAX_ERROR.with_text("STARTTLS takes no argument"))
+            raise Reject(replies.TAKES_NO_ARGUMENT.fill(verb="STARTTLS"))
         return _reply(replies.READY_FOR_TLS, action=Action.START_TLS)
 
     # ------------------------------------------------------------ AUTH (RFC 4954)
@@ -313,60 +306,65 @@ class SmtpSession(SessionBasics):
         mechanism, _, initial = argument.strip().partition(" ")
         mechanism = mechanism.upper()
         if not mechanism:
-            raise Reject(replies.SYNTAX_ERROR.with_text("AUTH needs a mechanism"))
+            raise Reject(replies.AUTH_SYNTAX)
         if not self.auth_allowed:
             self.log.info("auth_refused", reason="no TLS and plaintext_auth forbids it")
             raise Reject(replies.ENCRYPTION_REQUIRED)
-        if mechanism not in ("PLAIN", "LOGIN"):
+        if mechanism not in MECHANISMS:
             raise Reject(replies.UNKNOWN_MECHANISM)
         if self.services.auth.locked(self.config, self.client.ip):
             self.log.warning("auth_locked", mechanism=mechanism)
             raise Reject(replies.AUTH_LOCKED)
-        initial = initial.strip()
         self.state = State.AUTH
-        self._auth = (mechanism, None)
-        if initial:
-            return self._auth_response(initial)
-        challenge = "" if mechanism == "PLAIN" else LOGIN_USERNAME
-        return _reply(replies.AUTH_CHALLENGE.fill(challenge=challenge))
+        self._auth = SaslExchange(mechanism)
+        if initial.strip():
+            return self._auth_step(initial.strip())
+        return _reply(replies.AUTH_CHALLENGE.fill(challenge=self._auth.first_challenge()))
 
-    def _auth_response(self, text: str) -> Step:
-        mechanism, login = self._auth
-        if text.strip() == "*":
-            self._auth = None
-            self.state = State.READY
-            return _reply(replies.AUTH_CANCELLED)
+    def _auth_step(self, line: str) -> Step:
+        """One response of the exchange; anything but another challenge ends it."""
+        answer = self._auth_answer(line)
+        if answer.code != replies.AUTH_CHALLENGE.code:
+            self._end_auth()
+        return _reply(answer)
+
+    def _auth_answer(self, line: str) -> Reply:
+        exchange = self._auth
+        if exchange is None:
+            raise RuntimeError("no SASL exchange in progress")
         try:
-            data = passwords.b64decode_response(text)
-            if mechanism == "PLAIN":
-                name, secret = passwords.decode_plain(data)
-                return self._finish_auth(mechanism, name, secret)
-            if login is None:
-                self._auth = (mechanism, passwords.decode_text(data))
-                return _reply(replies.AUTH_CHALLENGE.fill(challenge=LOGIN_PASSWORD))
-            return self._finish_auth(mechanism, login, passwords.decode_text(data))
+            outcome = exchange.respond(line)
+        except Cancelled:
+            return replies.AUTH_CANCELLED
         except passwords.SaslError as error:
-            self._auth = None
-            self.state = State.READY
-            return _reply(replies.AUTH_BAD_RESPONSE.fill(detail=str(error)))
+            return replies.AUTH_BAD_RESPONSE.fill(detail=str(error))
+        if isinstance(outcome, Credentials):
+            return self._login(exchange.mechanism, outcome)
+        return replies.AUTH_CHALLENGE.fill(challenge=outcome)
 
-    def _finish_auth(self, mechanism: str, name: str, secret: str) -> Step:
+    def _end_auth(self) -> None:
+        """The one way out of a SASL exchange, whatever ended it: success,
+        failure, "*", undecodable base64, an overlong line, an abort."""
         self._auth = None
-        self.state = State.READY
+        if self.state is State.AUTH:
+            self.state = State.READY
+
+    def _login(self, mechanism: str, credentials: Credentials) -> Reply:
+        name, secret = credentials
         result = self.services.auth.login(self.router, self.client.ip, name, secret)
         if result.mailbox is None:
             self.log.warning("auth_failed", mechanism=mechanism, user=name[:64],
                              reason=result.reason, client=self.client.ip)
-            return _reply(replies.AUTH_LOCKED if result.locked else replies.AUTH_FAILED)
+            return replies.AUTH_LOCKED if result.locked else replies.AUTH_FAILED
         self.user = result.mailbox
         self.log.info("auth", mechanism=mechanism, user=self.user)
-        return _reply(replies.AUTH_OK)
+        return replies.AUTH_OK
 
     # ------------------------------------------------------------ MAIL / RCPT
 
     def _mail(self, argument: str) -> Step:
         if argument[:5].upper() != "FROM:":
-            raise Reject(replies.SYNTAX_ERROR.with_text("Syntax: MAIL FROM:<address>"))
+            raise Reject(replies.MAIL_SYNTAX)
         if self.client.listener != "smtp" and self.user is None:
             needs_tls = not self.auth_allowed and self.tls_offered
             self.log.info("mail_refused", reason="submission needs a login first")
@@ -375,14 +373,14 @@ class SmtpSession(SessionBasics):
         options = _parse_params(params)
         utf8 = "SMTPUTF8" in options
         if utf8 and options["SMTPUTF8"] is not None:
-            raise Reject(replies.SYNTAX_ERROR.with_text("SMTPUTF8 takes no value"))
+            raise Reject(replies.SMTPUTF8_SYNTAX)
         if sender is not None and not sender.is_ascii and not utf8:
             raise Reject(replies.NEEDS_SMTPUTF8)
         declared = None
         for key, value in options.items():
             if key == "SIZE":
                 if value is None or not wire.is_number(value):
-                    raise Reject(replies.SYNTAX_ERROR.with_text("SIZE needs a number"))
+                    raise Reject(replies.SIZE_SYNTAX)
                 declared = int(value)
                 if declared > self.config.limits.max_message_size:
                     self.log.info("mail_refused", sender=path_text(sender), size=declared,
@@ -409,8 +407,8 @@ class SmtpSession(SessionBasics):
 
     def _rcpt(self, argument: str) -> Step:
         if argument[:3].upper() != "TO:":
-            raise Reject(replies.SYNTAX_ERROR.with_text("Syntax: RCPT TO:<address>"))
-        transaction = self.transaction
+            raise Reject(replies.RCPT_SYNTAX)
+        transaction = self._current()
         address, params = self._parse_path(argument[3:], utf8=True,
                                            postmaster=self.router.primary_domain)
         if address is None:
@@ -443,7 +441,14 @@ class SmtpSession(SessionBasics):
     def may_relay(self) -> bool:
         return self.user is not None or self.trusted
 
-    def _parse_path(self, text: str, utf8: bool, postmaster: str | None = None):
+    def _current(self) -> Transaction:
+        """The transaction of a command the table allows only inside one."""
+        if self.transaction is None:
+            raise RuntimeError(f"no transaction in state {self.state.value}")
+        return self.transaction
+
+    def _parse_path(self, text: str, utf8: bool,
+                    postmaster: str | None = None) -> tuple[Address | None, str]:
         try:
             return parse_path(text, utf8=utf8, bare_postmaster_domain=postmaster)
         except AddressError as error:
@@ -453,22 +458,21 @@ class SmtpSession(SessionBasics):
 
     def _data(self, argument: str) -> Step:
         if argument.strip():
-            raise Reject(replies.SYNTAX_ERROR.with_text("DATA takes no argument"))
-        transaction = self.transaction
+            raise Reject(replies.TAKES_NO_ARGUMENT.fill(verb="DATA"))
+        transaction = self._current()
         if self.state is State.MAIL:                 # every RCPT was refused (RFC 2920)
             raise Reject(replies.NO_VALID_RECIPIENTS)
-        destinations = Destinations.of([res for _, res in transaction.recipients])
+        header = transaction.received_header(
+            host=self.host, client_ip=self.client.ip, esmtp=self.esmtp, tls=self.tls,
+            user=self.user, helo=_HELO_UNSAFE.sub("?", self.helo or "unknown")[:100])
         origin = {"session": self.id, "client": self.client.ip, "helo": self.helo,
                   "user": self.user}
         try:
-            self._incoming = self.services.intake.begin(
-                transaction.id, transaction.sender, destinations, self._received_header(),
-                utf8=transaction.utf8, origin=origin)
+            transaction.begin_data(self.services.intake, header, origin)
         except OSError as error:
             self.log.error("data_failed", msg=transaction.id, reason=str(error))
-            self._reset()
+            self._end_transaction()
             raise Reject(replies.LOCAL_ERROR) from None
-        self._receiver = wire.DataReceiver()
         self.state = State.DATA
         return _reply(replies.START_DATA)
 
@@ -483,47 +487,43 @@ class SmtpSession(SessionBasics):
             return self._say(_reply(replies.LOCAL_ERROR, action=Action.CLOSE))
 
     def _feed_data(self, chunk: bytes) -> Step:
-        receiver = self._receiver
-        content = receiver.feed(chunk)
-        too_big = receiver.size > self.config.limits.max_message_size
-        if content and not too_big and not receiver.overlong and not self._write_error:
-            try:
-                self._incoming.write(content, receiver.lines)
-            except OSError as error:          # disk full: read on to the end, then 451
-                self.log.error("data_failed", msg=self.transaction.id, reason=str(error))
-                self._write_error = True
-        if not receiver.done:
+        if self.state is not State.DATA:
+            raise RuntimeError("feed_data outside DATA; use feed_line")
+        transaction = self._current()
+        failed = transaction.take(chunk, self.config.limits.max_message_size)
+        if failed is not None:
+            self.log.error("data_failed", msg=transaction.id, reason=str(failed))
+        if not transaction.receiver.done:
             return Step([])
-        step = self._say(_reply(self._finish_message(too_big)))
-        return Step(step.replies, step.action, receiver.leftover)
+        try:
+            reply = self._finish_message(transaction)
+        finally:
+            self._end_transaction()          # after each message, whatever became of it
+        return self._say(Step([reply], leftover=transaction.receiver.leftover))
 
-    def _finish_message(self, too_big: bool) -> Reply:
-        transaction, incoming, receiver = self.transaction, self._incoming, self._receiver
+    def _finish_message(self, transaction: Transaction) -> Reply:
+        receiver = transaction.receiver
         fields = dict(msg=transaction.id, size=receiver.size)
         try:
-            if self._write_error:
+            if transaction.write_error is not None:
                 return replies.LOCAL_ERROR
-            if too_big:
+            if transaction.too_big(self.config.limits.max_message_size):
                 self.log.info("data_refused", **fields, reason="message above max_message_size")
                 return replies.MESSAGE_TOO_BIG
             if receiver.overlong:
                 self.log.info("data_refused", **fields, reason="a line longer than 998 octets")
                 return replies.DATA_LINE_TOO_LONG
-            if incoming.hops > wire.MAX_HOPS:
-                self.log.warning("data_refused", **fields, hops=incoming.hops,
+            if transaction.message.hops > wire.MAX_HOPS:
+                self.log.warning("data_refused", **fields, hops=transaction.message.hops,
                                  reason="too many Received headers: mail loop")
                 return replies.TOO_MANY_HOPS
-            verdict = self._run_filter(incoming)
+            verdict = self._run_filter(transaction)
             if verdict is not None:
                 return verdict
-            accepted = incoming.commit()
-            self._incoming = None
+            accepted = transaction.commit()
         except Exception:
             self.log.exception("data_failed", **fields)
             return replies.LOCAL_ERROR
-        finally:
-            self._write_error = False
-            self._reset()
         self.messages += 1
         self.log.info("accepted", **fields, sender=path_text(transaction.sender),
                       to=[str(a) for a, _ in transaction.recipients],
@@ -531,11 +531,11 @@ class SmtpSession(SessionBasics):
                       user=self.user, tls=self.tls.version if self.tls else None)
         return replies.ACCEPTED.fill(id=transaction.id)
 
-    def _run_filter(self, incoming: Incoming) -> Reply | None:
+    def _run_filter(self, transaction: Transaction) -> Reply | None:
+        """[policy] filter_command, for strangers only: a subprocess, up to filter_timeout."""
         if not self.config.policy.filter_command or self.user is not None or self.trusted:
             return None
-        transaction = self.transaction
-        verdict = run_filter(self.config, incoming.readable_path(), {
+        verdict = run_filter(self.config, transaction.message.readable_path(), {
             "MAILBOX_APPLIANCE_SENDER": str(transaction.sender or ""),
             "MAILBOX_APPLIANCE_RECIPIENTS": " ".join(str(a) for a, _ in transaction.recipients),
             "MAILBOX_APPLIANCE_CLIENT": self.client.ip})
@@ -546,25 +546,6 @@ class SmtpSession(SessionBasics):
                       reply=verdict.reply.code)
         return verdict.reply
 
-    def _received_header(self) -> bytes:
-        """RFC 5321 4.4 trace line, with TLS and login facts (RFC 3848 / 6531 keywords)."""
-        transaction = self.transaction
-        base = "UTF8SMTP" if transaction.utf8 else ("ESMTP" if self.esmtp else "SMTP")
-        protocol = base + ("S" if self.tls and self.esmtp else "") + \
-            ("A" if self.user and self.esmtp else "")
-        helo = _HELO_UNSAFE.sub("?", self.helo or "unknown")[:100]
-        lines = [f"Received: from {helo} ([{self.client.ip}])"]
-        if self.tls:
-            lines.append(f"\t(using {self.tls.describe()})")
-        lines.append(f"\tby {self.host} (mailbox_appliance) with {protocol} id {transaction.id}")
-        date = email.utils.format_datetime(email.utils.localtime())
-        if len(transaction.recipients) == 1:
-            lines.append(f"\tfor {path_text(transaction.recipients[0][0])}; {date}")
-        else:
-            lines[-1] += ";"
-            lines.append(f"\t{date}")
-        return ("\n".join(lines) + "\n").encode("utf-8")
-
 
 def _parse_params(text: str) -> dict[str, str | None]:
     """ESMTP parameters `KEY[=VALUE] ...` (RFC 5321 4.1.2) -> {KEY: value}."""
@@ -572,16 +553,15 @@ def _parse_params(text: str) -> dict[str, str | None]:
     for item in text.split():
         key, eq, value = item.partition("=")
         if not _ESMTP_KEYWORD.match(key) or (eq and not value):
-            raise Reject(replies.SYNTAX_ERROR.with_text(f"Bad parameter {item[:40]!r}"))
+            raise Reject(replies.BAD_PARAMETER.fill(item=repr(item[:40])))
         key = key.upper()
         if key in params:
-            raise Reject(replies.SYNTAX_ERROR.with_text(f"Parameter {key} given twice"))
+            raise Reject(replies.PARAMETER_TWICE.fill(key=key))
         params[key] = value if eq else None
     return params
 
 
 _ANY = frozenset({State.CONNECTED, State.READY, State.MAIL, State.RCPT})
-_GREETED = frozenset({State.READY, State.MAIL, State.RCPT})
 
 COMMANDS: dict[str, Command] = {
     "EHLO": Command(_ANY, SmtpSession._ehlo, ""),

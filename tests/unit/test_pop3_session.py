@@ -7,7 +7,7 @@ import base64
 import pytest
 
 from lib.config.tls import TlsInfo
-from lib.core import wire
+from lib.core import replies, wire
 from lib.core.replies import PopContinue, PopReply
 from lib.pop3.session import COMMANDS, Pop3Session, State
 from lib.session.engine import Action, ClientInfo
@@ -23,8 +23,8 @@ TLS = TlsInfo("TLSv1.3", "TLS_AES_256_GCM_SHA384", 256)
 def setup(tmp_path, certificate):
     def build(extra: str = ""):
         path = tmp_path / "pop.ini"
-        path.write_text(ini(BASE_INI) + f"\n[tls]\ncert = {certificate[0]}\nkey = {certificate[1]}\n"
-                        + extra)
+        tls = f"\n[tls]\ncert = {certificate[0]}\nkey = {certificate[1]}\n"
+        path.write_text(ini(BASE_INI) + tls + extra)
         runtime = load_runtime(path)
         return runtime, Services.create(runtime.config)
     return build
@@ -321,3 +321,102 @@ def test_an_internal_error_is_answered_and_the_session_goes_on(env, monkeypatch)
     monkeypatch.setattr(session, "_totals", lambda: 1 / 0)
     assert reply(session, "STAT").code == "SYS/TEMP"
     assert reply(session, "NOOP").ok
+
+
+def test_wire_output_of_every_reply(env):
+    """Every reply the engine can give, byte for byte: clients parse these."""
+    deliver(env, "alice", b"Subject: one\n\nbody\n")
+    session = session_for(env, tls=None, ip="127.0.0.1")
+
+    def wire_of(line: str) -> bytes:
+        step = session.feed_line(line.encode() + b"\r\n")
+        return b"".join(reply.to_bytes() for reply in step.replies)
+    plain_token = base64.b64encode(b"\0alice\0nope").decode()
+    transcript = [
+        ("CAPA", b"+OK Capability list follows\r\n"),
+        ("STAT", b"-ERR Command not valid in this state\r\n"),
+        ("XYZZY", b"-ERR Unknown command\r\n"),
+        ("USER", b"-ERR USER needs a name\r\n"),
+        ("PASS x", b"-ERR USER first\r\n"),
+        ("AUTH", b"+OK Methods follow\r\n"),
+        ("AUTH CRAM-MD5", b"-ERR Unsupported authentication mechanism\r\n"),
+        ("AUTH PLAIN %%", b"-ERR Cannot decode the credentials: not valid base64\r\n"),
+        ("AUTH PLAIN", b"+ \r\n"),
+        ("*", b"-ERR Authentication cancelled\r\n"),
+        (f"AUTH PLAIN {plain_token}", b"-ERR [AUTH] Authentication failed\r\n"),
+        ("STLS", b"+OK Begin TLS negotiation\r\n"),
+        ("USER alice", b"+OK Send the password\r\n"),
+        (f"PASS {PASSWORD}", b"+OK alice has 1 messages (22 octets)\r\n"),
+        ("STAT", b"+OK 1 22\r\n"),
+        ("LIST", b"+OK 1 messages (22 octets)\r\n"),
+        ("LIST 1", b"+OK 1 22\r\n"),
+        ("LIST x", b"-ERR Message number required\r\n"),
+        ("LIST 2", b"-ERR No such message\r\n"),
+        ("UIDL", b"+OK Unique-ID listing follows\r\n"),
+        ("RETR 1", b"+OK 22 octets\r\n"),
+        ("TOP 1", b"-ERR TOP needs a message number and a line count\r\n"),
+        ("TOP 1 0", b"+OK Top of message follows\r\n"),
+        ("NOOP", b"+OK\r\n"),
+        ("DELE 1", b"+OK Message 1 marked for deletion\r\n"),
+        ("DELE 1", b"-ERR Message already deleted\r\n"),
+        ("RSET", b"+OK Maildrop has 1 messages (22 octets)\r\n"),
+        ("USER alice", b"-ERR Command not valid in this state\r\n"),
+        ("DELE 1", b"+OK Message 1 marked for deletion\r\n"),
+        ("QUIT", b"+OK Bye (1 deleted, 0 left)\r\n"),
+    ]
+    assert [(line, wire_of(line)) for line, _ in transcript] == transcript
+    assert session.feed_line(b"NOOP\r\n").replies == []
+
+
+def test_wire_output_of_refusals(env):
+    deliver(env, "alice", b"x\n")
+    assert session_for(env).feed_line(b"US\0ER\r\n").replies[0].to_bytes() == \
+        b"-ERR NUL character in command\r\n"
+    plain = session_for(env, tls=None)
+    assert plain.feed_line(b"USER alice\r\n").replies[0].to_bytes() == \
+        b"-ERR [AUTH] Plaintext authentication is not allowed without TLS: use STLS\r\n"
+    secure = session_for(env)
+    assert secure.feed_line(b"STLS\r\n").replies[0].to_bytes() == \
+        b"-ERR TLS is already active\r\n"
+    first = logged_in(env)
+    second = session_for(env)
+    reply(second, "USER alice")
+    assert second.feed_line(f"PASS {PASSWORD}\r\n".encode()).replies[0].to_bytes() == \
+        b"-ERR [IN-USE] Mailbox is in use by another session\r\n"
+    for message in first.messages:
+        message.path.unlink()
+    assert first.feed_line(b"RETR 1\r\n").replies[0].to_bytes() == \
+        b"-ERR [SYS/TEMP] Message vanished from the mailbox\r\n"
+    assert first.line_too_long().replies[0].to_bytes() == b"-ERR Line too long\r\n"
+
+
+def test_refusals_count_towards_the_error_budget_only_when_they_are_protocol_errors(env):
+    deliver(env, "alice", b"x\n")
+    session = logged_in(env)
+    for _ in range(30):                             # no such message: not counted
+        assert reply(session, "RETR 9") == replies.POP_NO_SUCH_MESSAGE
+    assert session.bad_commands == 0
+    for _ in range(20):
+        assert reply(session, "USER x") == replies.POP_WRONG_STATE
+    step, _ = say(session, "PASS x")
+    assert step.replies == [replies.POP_WRONG_STATE, replies.POP_TOO_MANY_ERRORS]
+    assert step.action is Action.CLOSE and session.state is State.CLOSED
+
+
+def test_every_way_out_of_auth_returns_to_authorization(env, monkeypatch):
+    token = base64.b64encode(f"\0alice\0{PASSWORD}".encode()).decode()
+    for way_out in ("*", "%%", token, "overlong", "internal error"):
+        session = session_for(env)
+        assert reply(session, "AUTH PLAIN") == PopContinue()
+        if way_out == "overlong":
+            session.line_too_long()
+        elif way_out == "internal error":
+            monkeypatch.setattr(session.services.auth, "login", lambda *args: 1 / 0)
+            assert reply(session, token) == replies.POP_SYS_TEMP
+            monkeypatch.undo()
+        else:
+            reply(session, way_out)
+        expected = State.TRANSACTION if way_out == token else State.AUTHORIZATION
+        assert session.state is expected, way_out
+        assert session.max_line == wire.MAX_POP3_LINE
+        session.close()

@@ -224,8 +224,10 @@ def test_line_too_long_is_answered(make):
 @pytest.mark.parametrize("line, code", [
     ("MAIL TO:<a@example.com>", 501), ("MAIL FROM:<a@example.com", 501),
     ("MAIL FROM:<a@@example.com>", 501), ("MAIL FROM:<a@example.com> SIZE=abc", 501),
-    ("MAIL FROM:<a@example.com> SIZE=1 SIZE=2", 501), ("MAIL FROM:<a@example.com> RET=HDRS", 555),
-    ("MAIL FROM:<a@example.com> BODY=BINARYMIME", 555), ("MAIL FROM:<a@example.com> SIZE=20000", 552),
+    ("MAIL FROM:<a@example.com> SIZE=1 SIZE=2", 501),
+    ("MAIL FROM:<a@example.com> RET=HDRS", 555),
+    ("MAIL FROM:<a@example.com> BODY=BINARYMIME", 555),
+    ("MAIL FROM:<a@example.com> SIZE=20000", 552),
     ("MAIL FROM:<jösé@example.com>", 553),
 ])
 def test_mail_syntax_and_parameters(make, line, code):
@@ -448,7 +450,8 @@ def test_data_is_delivered_with_trace_headers(make):
     (bhayden,) = stored(session, "bhayden")
     assert alice == bhayden
     assert alice.startswith(b"Return-Path: <a@example.com>\nReceived: from client.example "
-                            b"([192.0.2.7])\n\tby mail.example.org (mailbox_appliance) with ESMTP id ")
+                            b"([192.0.2.7])\n\tby mail.example.org (mailbox_appliance) "
+                            b"with ESMTP id ")
     assert alice.endswith(b"\nSubject: hi\n\n.leading dot\nline\n")
 
 
@@ -641,3 +644,144 @@ def test_a_failed_local_commit_takes_the_queued_copy_back(make, monkeypatch):
     step = data(session, b"x\r\n.\r\n", chunk=100)
     assert step.replies == [replies.LOCAL_ERROR]
     assert spool.ids() == [] and announced == []
+
+
+# ---------------------------------------------------------------- the transaction is replaced whole
+
+def tmp_files(session, mailbox="alice"):
+    return list((session.services.store.path(mailbox) / "tmp").iterdir())
+
+
+@pytest.mark.parametrize("ending", ["RSET", "EHLO again", "HELO again", "message"])
+def test_each_transaction_is_a_new_object(make, ending):
+    session = make()
+    start_data(session, "alice@example.org")
+    first = session.transaction
+    assert first is not None and first.incoming is not None
+    assert data(session, b"x\r\n.\r\n").replies[0].code == 250
+    send(session, "MAIL FROM:<a@example.com>")
+    second = session.transaction
+    assert second is not first and second.incoming is None and second.write_error is None
+    if ending != "message":
+        send(session, ending)
+        assert session.transaction is None and session.state is State.READY
+        send(session, "MAIL FROM:<a@example.com>")
+        assert session.transaction is not second
+
+
+def test_starttls_drops_the_transaction(make):
+    session = make()
+    send(session, "EHLO x", "MAIL FROM:<a@example.com>")
+    session.tls_started(TLS)
+    assert session.transaction is None and session.state is State.CONNECTED
+
+
+def test_a_disk_error_refuses_that_message_only(make, monkeypatch):
+    session = make()
+    start_data(session, "alice@example.org")
+
+    def full(data, lines=None):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(session.transaction.incoming, "write", full)
+    assert session.feed_data(b"Subject: lost\r\n").replies == []     # reads on to the end
+    step = session.feed_data(b"\r\nbody\r\n.\r\nNOOP\r\n")
+    assert step.replies == [replies.LOCAL_ERROR] and step.leftover == b"NOOP\r\n"
+    assert tmp_files(session) == [] and session.transaction is None
+    start_data(session, "alice@example.org")       # a new transaction: no error carried over
+    assert data(session, b"fine\r\n.\r\n").replies[0].code == 250
+    (message,) = stored(session, "alice")
+    assert message.endswith(b"\nfine\n")
+
+
+def test_a_bug_mid_data_closes_and_discards(make, monkeypatch):
+    session = make()
+    start_data(session, "alice@example.org")
+    session.feed_data(b"Subject: half\r\n")
+    monkeypatch.setattr(session.transaction.receiver, "feed", lambda chunk: 1 / 0)
+    step = session.feed_data(b"more\r\n")
+    assert step.replies == [replies.LOCAL_ERROR] and step.action is Action.CLOSE
+    assert session.state is State.CLOSED and tmp_files(session) == []
+
+
+def test_a_failed_commit_discards_the_message(make, monkeypatch):
+    session = make()
+    start_data(session, "alice@example.org")
+    monkeypatch.setattr(session.services.store, "commit", lambda temp, mailboxes: 1 / 0)
+    assert data(session, b"x\r\n.\r\n").replies == [replies.LOCAL_ERROR]
+    assert tmp_files(session) == [] and session.state is State.READY
+
+
+# ---------------------------------------------------------------- every way out of AUTH
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+@pytest.mark.parametrize("way_out, line, expected", [
+    ("success", _b64(PASSWORD), replies.AUTH_OK),
+    ("wrong password", _b64("wrong"), replies.AUTH_FAILED),
+    ("cancel", "*", replies.AUTH_CANCELLED),
+    ("bad base64", "%%%", replies.AUTH_BAD_RESPONSE.fill(detail="not valid base64")),
+    ("bad UTF-8", base64.b64encode(b"\xff").decode(),
+     replies.AUTH_BAD_RESPONSE.fill(detail="not UTF-8")),
+    ("overlong line", None, replies.LINE_TOO_LONG),
+    ("internal error", _b64(PASSWORD), replies.LOCAL_ERROR),
+])
+def test_every_way_out_of_auth_returns_to_ready(make, monkeypatch, way_out, line, expected):
+    session = make(tls=TLS)
+    send(session, "EHLO x")
+    assert reply_of(session, "AUTH LOGIN").code == 334
+    assert reply_of(session, _b64("bhayden")).text == "UGFzc3dvcmQ6"
+    assert session.state is State.AUTH and session.max_line == 12288
+    if way_out == "internal error":
+        monkeypatch.setattr(session.services.auth, "login", lambda *args: 1 / 0)
+    if line is None:
+        step = session.line_too_long()
+    else:
+        step = session.feed_line(line.encode() + b"\r\n")
+    assert step.replies == [expected]
+    assert session.state is State.READY and session._auth is None
+    assert session.max_line == 512
+    assert reply_of(session, "NOOP") == replies.OK
+    assert (session.user == "bhayden") == (way_out == "success")
+
+
+def test_closing_inside_auth_ends_the_exchange(make):
+    session = make(tls=TLS)
+    send(session, "EHLO x", "AUTH PLAIN")
+    assert session.state is State.AUTH
+    assert session.timeout().action is Action.CLOSE
+    assert session.state is State.CLOSED and session._auth is None
+
+
+@pytest.mark.parametrize("lines, wire", [
+    (["EHLO"], b"501 5.5.4 EHLO needs one argument: your domain or address literal\r\n"),
+    (["HELO a b"], b"501 5.5.4 HELO needs one argument: your domain or address literal\r\n"),
+    (["RSET x"], b"501 5.5.4 RSET takes no argument\r\n"),
+    (["VRFY"], b"501 5.5.4 VRFY needs an argument\r\n"),
+    (["EHLO x", "STARTTLS x"], b"501 5.5.4 STARTTLS takes no argument\r\n"),
+    (["EHLO x", "AUTH"], b"501 5.5.4 AUTH needs a mechanism\r\n"),
+    (["EHLO x", "MAIL TO:<a@b.example>"], b"501 5.5.4 Syntax: MAIL FROM:<address>\r\n"),
+    (["EHLO x", "MAIL FROM:<a@b.example> X=Y X=Z"], b"501 5.5.4 Parameter X given twice\r\n"),
+    (["EHLO x", "MAIL FROM:<a@b.example> =z"], b"501 5.5.4 Bad parameter '=z'\r\n"),
+    (["EHLO x", "MAIL FROM:<a@b.example> SIZE"], b"501 5.5.4 SIZE needs a number\r\n"),
+    (["EHLO x", "MAIL FROM:<a@b.example> SMTPUTF8=1"], b"501 5.5.4 SMTPUTF8 takes no value\r\n"),
+    (["EHLO x", "MAIL FROM:<a@b.example>", "RCPT <x@y.example>"],
+     b"501 5.5.4 Syntax: RCPT TO:<address>\r\n"),
+    (["EHLO x", "MAIL FROM:<a@b.example>", "RCPT TO:<alice@example.org>", "DATA x"],
+     b"501 5.5.4 DATA takes no argument\r\n"),
+    (["HELO client.example"], b"250 mail.example.org\r\n"),
+])
+def test_reply_wire_format(make, lines, wire):
+    session = make()
+    *before, last = lines
+    send(session, *before)
+    assert reply_of(session, last).to_bytes() == wire
+
+
+def test_ehlo_wire_format(make):
+    step = make(ip="127.0.0.1").feed_line(b"EHLO cl{ie}nt\r\n")
+    assert step.replies[0].to_bytes() == (
+        b"250-mail.example.org Hello cl?ie?nt [127.0.0.1]\r\n250-PIPELINING\r\n"
+        b"250-SIZE 10240\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n"
+        b"250-STARTTLS\r\n250-AUTH PLAIN LOGIN\r\n250 HELP\r\n")

@@ -79,6 +79,28 @@ def test_dot_stuffed_998_is_fine():
     assert not receiver.overlong
 
 
+@pytest.mark.parametrize("chunk", [1, 700, 100_000])
+def test_bare_crs_do_not_make_a_line_overlong(chunk):
+    # 1,400 octets on the wire, 700 once the bare CRs are dropped: the same
+    # answer whether the line arrives whole or is carried across chunks.
+    out, receiver = decode(b"a\r" * 700 + b"\r\n.\r\n", chunk)
+    assert out == b"a" * 700 + b"\n" and not receiver.overlong
+    assert receiver.size == 702
+
+
+@pytest.mark.parametrize("chunk", [1, 999, 100_000])
+def test_overlong_line_is_counted_in_full(chunk):
+    _, receiver = decode(b"." + b"z" * 5000 + b"\r\nok\r\n.\r\n", chunk)
+    assert receiver.overlong and receiver.done
+    assert receiver.size == 5000 + 2 + 4          # the stuffed dot is not content
+
+
+@pytest.mark.parametrize("chunk", [1, 2000])
+def test_a_dot_left_after_dropped_crs_does_not_end_data(chunk):
+    out, receiver = decode(b"." + b"\r" * 1500 + b"\r\nnext\r\n.\r\n", chunk)
+    assert receiver.done and out == b"\nnext\n"
+
+
 # ---------------------------------------------------------------- LineReader
 
 @pytest.fixture
