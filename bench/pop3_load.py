@@ -151,7 +151,8 @@ class Ours:
     def start(self) -> None:
         self.process = subprocess.Popen([sys.executable, str(ROOT / "mailbox_appliance.py"),
                                          "-c", str(self.ini), "serve"],
-                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                        text=True)
         if not self.process.stdout.readline().startswith("listening"):
             raise SystemExit("mailbox_appliance did not start")
 
