@@ -20,14 +20,6 @@ class DeliveryError(MailError):
     """An outbound attempt failed."""
 
 
-class TemporaryFailure(DeliveryError):
-    """Try again later: a 4xx reply, a timeout, DNS trouble, a host that is down."""
-
-
-class PermanentFailure(DeliveryError):
-    """This will never work (a 5xx reply, no such domain, a null MX): bounce."""
-
-
 class ConfigError(MailError):
     """The INI file is wrong. The message always names the section and key."""
 

@@ -18,9 +18,6 @@ class Reply:
     enhanced: str | None
     text: str
 
-    def with_text(self, text: str) -> Reply:
-        return replace(self, text=text)
-
     def fill(self, **values) -> Reply:
         """The reply with its {placeholders} filled in."""
         return replace(self, text=self.text.format(**values))
@@ -122,9 +119,6 @@ class PopReply:
     ok: bool
     text: str
     code: str | None = None       # RFC 2449 response code, e.g. "IN-USE"
-
-    def with_text(self, text: str) -> PopReply:
-        return replace(self, text=text)
 
     def fill(self, **values) -> PopReply:
         return replace(self, text=self.text.format(**values))

@@ -1,0 +1,1 @@
+"""The key=value event format and where the lines go (file, syslog, stderr)."""

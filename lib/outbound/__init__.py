@@ -1,0 +1,2 @@
+"""Mail leaving the server: next hop, the SMTP client, the queue runner, typed
+results, DSNs."""

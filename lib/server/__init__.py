@@ -1,0 +1,2 @@
+"""The only socket code (listeners, line reading, TLS wrapping) and the daemon
+(bind, privileges, signals, reload)."""
