@@ -178,15 +178,16 @@ def _strip_source_route(inner: str) -> str:
     return inner[colon + 1:]
 
 
-def parse_path(text: str, *, utf8: bool = False,
-               bare_postmaster_domain: str | None = None) -> tuple[Address | None, str]:
+def parse_path(text: str, *, utf8: bool = False, bare_postmaster_domain: str | None = None,
+               bare_domain: str | None = None) -> tuple[Address | None, str]:
     """Parse the argument of MAIL FROM: / RCPT TO:.
 
     Returns (address, rest) where address is None for the null path `<>` and
     rest holds the ESMTP parameters. A path without angle brackets is
     accepted, as Postfix does, when it is one word. `<postmaster>` without a
     domain becomes postmaster@`bare_postmaster_domain` when one is given
-    (RFC 5321 4.5.1).
+    (RFC 5321 4.5.1); any other bare local part gets `bare_domain` when one
+    is given (Postfix's append_at_myorigin, for the server's own programs).
     """
     text = text.lstrip(" ")
     if text.startswith("<"):
@@ -205,6 +206,8 @@ def parse_path(text: str, *, utf8: bool = False,
         return None, rest
     if bare_postmaster_domain is not None and inner.lower() == "postmaster":
         return Address("postmaster", bare_postmaster_domain), rest
+    if bare_domain is not None and "@" not in inner and not inner.startswith('"'):
+        inner = f"{inner}@{bare_domain}"
     return parse_mailbox(_strip_source_route(inner), utf8=utf8), rest
 
 

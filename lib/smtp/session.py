@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 from ..checks import trust
 from ..checks.filter import run_filter
+from ..checks.trust import is_loopback
 from ..config.router import REJECTED, REMOTE
 from ..config.tls import TlsInfo
 from ..core import passwords, replies, wire
@@ -369,7 +370,8 @@ class SmtpSession(SessionBasics):
             needs_tls = not self.auth_allowed and self.tls_offered
             self.log.info("mail_refused", reason="submission needs a login first")
             raise Reject(replies.TLS_REQUIRED if needs_tls else replies.AUTH_REQUIRED)
-        sender, params = self._parse_path(argument[5:], utf8=True)
+        sender, params = self._parse_path(argument[5:], utf8=True,
+                                          bare_domain=self._own_programs_domain())
         options = _parse_params(params)
         utf8 = "SMTPUTF8" in options
         if utf8 and options["SMTPUTF8"] is not None:
@@ -410,7 +412,8 @@ class SmtpSession(SessionBasics):
             raise Reject(replies.RCPT_SYNTAX)
         transaction = self._current()
         address, params = self._parse_path(argument[3:], utf8=True,
-                                           postmaster=self.router.primary_domain)
+                                           postmaster=self.router.primary_domain,
+                                           bare_domain=self._own_programs_domain())
         if address is None:
             raise Reject(replies.BAD_ADDRESS_SYNTAX.fill(detail="empty recipient"))
         if params:
@@ -447,10 +450,19 @@ class SmtpSession(SessionBasics):
             raise RuntimeError(f"no transaction in state {self.state.value}")
         return self.transaction
 
-    def _parse_path(self, text: str, utf8: bool,
-                    postmaster: str | None = None) -> tuple[Address | None, str]:
+    def _own_programs_domain(self) -> str | None:
+        """A bare name ("root", from cron's sendmail over SMTP) gets the first local
+        domain when it comes from this machine, the LAN or a logged-in user, as
+        Postfix appends @$myorigin; from a stranger it stays a syntax error."""
+        if self.trusted or self.user is not None or is_loopback(self.client.ip):
+            return self.router.primary_domain
+        return None
+
+    def _parse_path(self, text: str, utf8: bool, postmaster: str | None = None,
+                    bare_domain: str | None = None) -> tuple[Address | None, str]:
         try:
-            return parse_path(text, utf8=utf8, bare_postmaster_domain=postmaster)
+            return parse_path(text, utf8=utf8, bare_postmaster_domain=postmaster,
+                              bare_domain=bare_domain)
         except AddressError as error:
             raise Reject(replies.BAD_ADDRESS_SYNTAX.fill(detail=str(error))) from None
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import grp
 import os
+import poplib
 import pwd
 import shutil
 import signal
 import smtplib
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -490,3 +492,91 @@ def test_readme_stands_alone():
     assert "../shared" not in text and "DESIGN.md" not in text
     assert "pidof" not in text
 
+
+# ---------------------------------------------------------------- the README's install, walked
+
+def test_the_readme_install_steps_in_a_scratch_root(public_folder, installed):
+    """Steps 1-7 of "Installing on a home server" with the scratch root standing in
+    for /: the copy in opt/, the INI in etc/, gencert, check, the SysV script,
+    cron's sendmail (by a user who cannot read the INI), POP3, reload, stop."""
+    scratch = public_folder
+    etc = scratch / "etc" / "mailbox-appliance"
+    etc.mkdir(parents=True)
+    logs = scratch / "var" / "log" / "mailbox-appliance"
+    logs.mkdir(parents=True)
+    os.chown(logs, NOBODY.pw_uid, NOBODY.pw_gid)
+    smtp, pop3 = free_port(), free_port()
+    ini = etc / "mailbox_appliance.ini"
+    text = (ROOT / "conf" / "example-home.ini").read_text()
+    text = text.replace("data_dir = /var/lib/mailbox-appliance",
+                        f"data_dir = {scratch / 'var' / 'lib' / 'mailbox-appliance'}")
+    text = text.replace("user = mail ", "user = nobody ")
+    text = text.replace("log = syslog ", f"log = {logs / 'mail.log'} ")
+    listen_start, listen_end = text.index("\n[listen]\n"), text.index("\n[tls]\n")
+    listen = f"\n[listen]\nsmtp = 127.0.0.1:{smtp}\npop3 = 127.0.0.1:{pop3}\n\n"
+    text = text[:listen_start] + listen + text[listen_end:]
+    text = text.replace("/etc/letsencrypt/live/mail.hayden.example/fullchain.pem",
+                        str(etc / "tls" / "cert.pem"))
+    text = text.replace("/etc/letsencrypt/live/mail.hayden.example/privkey.pem",
+                        str(etc / "tls" / "key.pem"))
+    text = "\n".join(f"bhayden = {HASH}" if line.startswith("bhayden = $scrypt$") else line
+                     for line in text.splitlines()) + "\n"
+    ini.write_text(text)
+    os.chown(ini, 0, NOBODY.pw_gid)
+    ini.chmod(0o640)
+    env = clean_env(MAILBOX_APPLIANCE_SYSTEM_CONFIG=str(ini))
+    # step 2: the mail user's data_dir
+    data_dir = scratch / "var" / "lib" / "mailbox-appliance"
+    data_dir.mkdir(parents=True)
+    os.chown(data_dir, NOBODY.pw_uid, NOBODY.pw_gid)
+    data_dir.chmod(0o700)
+    # step 4: a self-signed certificate; step 5: check, without -c
+    made = cli("gencert", script=installed, python=SYSTEM_PYTHON, env=env)
+    assert made.returncode == 0, made.stderr
+    (etc / "tls").chmod(0o755)
+    checked = cli("check", script=installed, python=SYSTEM_PYTHON, env=env)
+    assert checked.returncode == 0, checked.stderr
+    assert "config:     the system config" in checked.stdout
+    assert [line for line in checked.stdout.splitlines() if line.startswith("warning")] == []
+    # step 6: the SysV script
+    service_env = {**env, "PYTHON": SYSTEM_PYTHON, "DAEMON": str(installed),
+                   "CONFIG": str(ini), "PIDFILE": str(scratch / "run" / "mailbox-appliance"
+                                                      / "mailbox-appliance.pid"),
+                   "OUTPUT": str(scratch / "var" / "log" / "mailbox-appliance.out")}
+
+    def service(action: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["sh", str(ROOT / "init" / "mailbox-appliance"), action],
+                              capture_output=True, text=True, timeout=90, env=service_env)
+
+    started = service("start")
+    assert started.returncode == 0, started.stderr
+    try:
+        # step 7: sendmail as cron runs it, for a user outside the mail group
+        sbin = scratch / "usr" / "sbin"
+        sbin.mkdir(parents=True)
+        (sbin / "sendmail").symlink_to(installed)
+        daemon_user = pwd.getpwnam("daemon")
+        sent = cli("-i", "root", script=sbin / "sendmail", python=SYSTEM_PYTHON,
+                   as_user=daemon_user, stdin=b"Subject: cron\n\nbackup done\n",
+                   env={**env, "MAILBOX_APPLIANCE_SMTP": f"127.0.0.1:{smtp}"})
+        assert sent.returncode == 0, sent.stderr
+        client = poplib.POP3("127.0.0.1", pop3, timeout=20)
+        try:
+            # plaintext_auth = never, as the example has it: STLS first, with the
+            # certificate gencert made (it names mail.hayden.example, not 127.0.0.1)
+            context = ssl.create_default_context(cafile=str(etc / "tls" / "cert.pem"))
+            context.check_hostname = False
+            client.stls(context)
+            client.user("bhayden")
+            client.pass_("correct horse")
+            count = wait_for(lambda: client.stat()[0], "root's mail in bhayden's mailbox")
+            assert count == 1
+            assert b"backup done" in b"\n".join(client.retr(1)[1])
+        finally:
+            client.quit()
+        reloaded = service("reload")
+        assert reloaded.returncode == 0 and reloaded.stdout.startswith("reloaded: "), reloaded
+    finally:
+        stopped = service("stop")
+    assert stopped.returncode == 0
+    assert not Path(service_env["PIDFILE"]).exists()

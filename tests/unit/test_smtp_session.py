@@ -785,3 +785,19 @@ def test_ehlo_wire_format(make):
         b"250-mail.example.org Hello cl?ie?nt [127.0.0.1]\r\n250-PIPELINING\r\n"
         b"250-SIZE 10240\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n"
         b"250-STARTTLS\r\n250-AUTH PLAIN LOGIN\r\n250 HELP\r\n")
+
+
+@pytest.mark.parametrize("ip", ["127.0.0.1", "10.1.2.3"])       # this machine, the LAN
+def test_bare_names_from_our_own_programs_get_the_first_local_domain(make, ip):
+    session = make(ip=ip)
+    codes, _ = send(session, "EHLO cron.example", "MAIL FROM:<root>", "RCPT TO:<alice>")
+    assert codes[1:] == [250, 250]
+    assert str(session.transaction.sender) == "root@example.org"
+    assert [str(r) for r, _ in session.transaction.recipients] == ["alice@example.org"]
+
+
+def test_bare_names_from_strangers_stay_a_syntax_error(make):
+    session = make()
+    codes, _ = send(session, "EHLO x.example", "MAIL FROM:<root>",
+                    "MAIL FROM:<a@b.example>", "RCPT TO:<alice>", "RCPT TO:<postmaster>")
+    assert codes[1:] == [501, 250, 501, 250]
