@@ -132,3 +132,39 @@ def test_check_warns_about_a_key_everyone_can_read_and_root_without_user(tmp_pat
     found = _warnings(ini)
     assert any(f"[tls] key: {key} is readable by every user" in w for w in found)
     assert any("[server] user is not set: started as root" in w for w in found)
+
+
+# ---------------------------------------------------------------- the pid file
+
+def _serve(ini, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), "-c", str(ini), "serve", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_the_pid_file_never_replaces_another_file(tmp_path):
+    ini = tmp_path / "server.ini"
+    ini.write_text(server_config(tmp_path))
+    run = tmp_path / "run"
+    run.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("root:x:0:0::/root:/bin/sh\n")
+    (run / "through-a-link.pid").symlink_to(victim)
+    (run / "a-file.pid").write_text("important\n")
+    for name in ("through-a-link.pid", "a-file.pid"):
+        result = _serve(ini, "--pid-file", str(run / name))
+        assert result.returncode == 1
+        assert result.stderr.startswith(f"serve: [server] pid_file: {run / name} ")
+    assert victim.read_text() == "root:x:0:0::/root:/bin/sh\n"
+    assert (run / "a-file.pid").read_text() == "important\n"
+
+
+def test_the_pid_file_is_refused_in_a_folder_others_can_write(tmp_path):
+    ini = tmp_path / "server.ini"
+    ini.write_text(server_config(tmp_path))
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)                           # like /tmp
+    result = _serve(ini, "--pid-file", str(shared / "server.pid"))
+    assert result.returncode == 1
+    assert f"[server] pid_file: {shared} can be written by other users" in result.stderr
+    assert not (shared / "server.pid").exists()
