@@ -16,8 +16,9 @@ import os
 import re
 import shlex
 import socket
+import urllib.parse
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -196,6 +197,51 @@ def to_command(value: str) -> tuple[str, ...]:
         raise Invalid(f"cannot split the command line: {error}") from None
 
 
+def to_zone_list(value: str) -> tuple[str, ...]:
+    return tuple(to_hostname(item) for item in _split_list(value))
+
+
+def to_score(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise Invalid(f"{value!r} is not a number (a spam score, e.g. 10 or 7.5)") from None
+
+
+def to_switch(value: str) -> bool:
+    return to_choice("off", "on")(value) == "on"
+
+
+def to_optional_service(default_port: int) -> Callable[[str], HostPort | None]:
+    """`host:port` of a daemon (the port may be left out), or empty for off."""
+    def convert(value: str) -> HostPort | None:
+        return to_host_port(value, default_port=default_port, ip_only=False) if value else None
+    return convert
+
+
+def to_socket_or_service(value: str) -> HostPort | Path | None:
+    """A unix socket (a path: it has a /) or host:port; empty for off."""
+    if not value:
+        return None
+    if "/" in value:
+        return Path(value)
+    return to_host_port(value, ip_only=False)
+
+
+def to_http_url(value: str) -> str:
+    if not value:
+        return ""
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme != "http" or not parts.hostname:
+        raise Invalid(f"{value!r} is not an http:// URL (like http://127.0.0.1:11333)")
+    try:
+        if parts.port is None:
+            raise Invalid(f"{value!r} has no port (rspamd's normal worker: 11333)")
+    except ValueError as error:
+        raise Invalid(f"{value!r}: {error}") from None
+    return value.rstrip("/")
+
+
 def to_delimiter(value: str) -> str:
     bad = [ch for ch in value if ch.isalnum() or ch in "@.\"\\ " or not ch.isascii()]
     if bad:
@@ -256,6 +302,25 @@ class LimitsSection:
 
 
 @dataclass(frozen=True)
+class ChecksSection:
+    """The screening of strangers (DESIGN 7.1); every check is off by default."""
+    dnsbl: tuple[str, ...]               # blocklist zones, e.g. zen.spamhaus.org
+    spf: str                             # off | tag | reject
+    dmarc: str                           # off | tag | reject
+    spamd: HostPort | None               # SpamAssassin's spamd
+    spam_reject_score: float             # spamd score at or above: refused
+    rspamd: str                          # base URL of rspamd's normal worker, or ""
+    clamd: HostPort | Path | None        # a unix socket path, or host:port
+    greylist: bool
+    greylist_delay: float
+    scanner_failure: str                 # tempfail | accept
+
+    @property
+    def any_scanner(self) -> bool:
+        return bool(self.spamd or self.rspamd or self.clamd)
+
+
+@dataclass(frozen=True)
 class PolicySection:
     trusted_networks: tuple
     filter_command: tuple[str, ...]
@@ -313,6 +378,18 @@ SCHEMA: dict[str, tuple[type, tuple[Key, ...]]] = {
         Key("filter_command", to_command, ""),
         Key("filter_timeout", to_duration, "30s"),
     )),
+    "checks": (ChecksSection, (
+        Key("dnsbl", to_zone_list, ""),
+        Key("spf", to_choice("off", "tag", "reject"), "off"),
+        Key("dmarc", to_choice("off", "tag", "reject"), "off"),
+        Key("spamd", to_optional_service(783), ""),
+        Key("spam_reject_score", to_score, "10"),
+        Key("rspamd", to_http_url, ""),
+        Key("clamd", to_socket_or_service, ""),
+        Key("greylist", to_switch, "off"),
+        Key("greylist_delay", to_duration, "3m"),
+        Key("scanner_failure", to_choice("tempfail", "accept"), "tempfail"),
+    )),
     "relay": (RelaySection, (
         Key("mode", to_choice("mx", "smarthost"), "mx"),
         Key("smarthost", to_text, ""),
@@ -338,6 +415,7 @@ class Config:
     tls: TlsSection
     limits: LimitsSection
     policy: PolicySection
+    checks: ChecksSection
     relay: RelaySection
     routes: Mapping[str, HostPort]
     domains: Mapping[str, frozenset[str] | str]     # domain -> mailboxes or ALL_MAILBOXES
@@ -453,7 +531,8 @@ def _build(parser: configparser.ConfigParser, path: Path,
     domains = _domains(parser, mailboxes)
     return Config(
         path=path.resolve(), server=server, listen=listen, tls=tls,
-        limits=values["limits"], policy=values["policy"], relay=relay,
+        limits=values["limits"], policy=values["policy"],
+        checks=_finish_checks(values["checks"], base), relay=relay,
         routes=_routes(parser), domains=domains, mailboxes=mailboxes,
         aliases=_aliases(parser, domains, mailboxes),
         lines=MappingProxyType(dict(lines)))
@@ -525,6 +604,12 @@ def _check_listeners(listen: ListenSection, tls: TlsSection) -> None:
         seen[address] = kind
         if kind in IMPLICIT_TLS_KINDS and not tls.enabled:
             raise ConfigError("listen", kind, "needs [tls] cert and key (it speaks TLS only)")
+
+
+def _finish_checks(checks: ChecksSection, base: Path) -> ChecksSection:
+    if isinstance(checks.clamd, Path):
+        return replace(checks, clamd=(base / checks.clamd).resolve())
+    return checks
 
 
 def _finish_relay(relay: RelaySection, base: Path) -> RelaySection:

@@ -298,3 +298,36 @@ def test_shipped_configs_parse():
     with pytest.raises(ConfigError) as caught:      # only its TLS files are missing here
         config_module.load(ROOT / "conf" / "example-home.ini")
     assert caught.value.section == "tls"
+
+
+def test_checks_are_off_by_default_and_parsed_when_given(load):
+    off = load(BASE_INI).checks
+    assert (off.dnsbl, off.spf, off.dmarc, off.spamd, off.rspamd, off.clamd, off.greylist) == \
+        ((), "off", "off", None, "", None, False)
+    assert off.scanner_failure == "tempfail" and off.greylist_delay == 180
+    on = load(BASE_INI + """
+[checks]
+dnsbl = zen.spamhaus.org, bl.example.net
+spf = reject
+dmarc = tag
+spamd = 127.0.0.1
+spam_reject_score = 7.5
+rspamd = http://127.0.0.1:11333/
+clamd = run/clamd.ctl
+greylist = on
+greylist_delay = 5m
+scanner_failure = accept
+""").checks
+    assert on.dnsbl == ("zen.spamhaus.org", "bl.example.net")
+    assert str(on.spamd) == "127.0.0.1:783" and on.spam_reject_score == 7.5
+    assert on.rspamd == "http://127.0.0.1:11333" and on.clamd.name == "clamd.ctl"
+    assert on.clamd.is_absolute() and on.greylist and on.greylist_delay == 300
+
+
+@pytest.mark.parametrize("key, value", [("spf", "maybe"), ("rspamd", "ftp://x:1"),
+                                        ("rspamd", "http://127.0.0.1"), ("dnsbl", "not a zone"),
+                                        ("spam_reject_score", "high"), ("greylist", "yes")])
+def test_bad_checks_values_name_the_key(load, key, value):
+    with pytest.raises(ConfigError) as error:
+        load(BASE_INI + f"\n[checks]\n{key} = {value}\n")
+    assert error.value.section == "checks" and error.value.key == key
