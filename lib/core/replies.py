@@ -111,6 +111,18 @@ DATA_LINE_TOO_LONG = Reply(554, "5.6.0", "Message has a line longer than 998 cha
 HTTP_REFUSED = Reply(221, "2.7.0", "This is an SMTP server, not a web proxy")
 UNSUPPORTED_PARAMETER = Reply(555, "5.5.4", "Unsupported parameter: {detail}")
 
+# ---------------------------------------------------------------- screening strangers (DESIGN 7.1)
+
+DNSBL_LISTED = Reply(554, "5.7.1", "Service unavailable; client [{ip}] blocked using {zone}{why}")
+SPF_FAILED = Reply(550, "5.7.23", "SPF check failed: {detail}")              # RFC 7372
+SPF_TEMPERROR = Reply(451, "4.7.24", "SPF check could not be completed: {detail}")
+DMARC_REJECTED = Reply(550, "5.7.1", "Rejected by the DMARC policy of {domain}")
+GREYLISTED = Reply(451, "4.7.1", "Greylisted: please try again in {seconds} seconds")
+SPAM_REJECTED = Reply(550, "5.7.1", "Message rejected as spam")
+SPAM_DEFERRED = Reply(451, "4.7.1", "Message deferred by the spam filter, try again later")
+VIRUS_FOUND = Reply(554, "5.7.1", "Message rejected: virus found ({virus})")
+SCANNER_TEMPFAIL = Reply(451, "4.7.1", "Message could not be scanned, try again later")
+
 
 # ---------------------------------------------------------------- POP3
 
