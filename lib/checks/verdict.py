@@ -30,3 +30,14 @@ class CheckResult:
     @property
     def failed_to_run(self) -> bool:
         return self.result == ERROR
+
+
+@dataclass(frozen=True)
+class Screened:
+    """The message being screened and how it came: what every check may look at."""
+    client_ip: str
+    helo: str
+    sender: str                          # the envelope sender; "" for the null sender <>
+    recipients: tuple[str, ...]
+    msg_id: str                          # the queue id, for logs and scanners
+    hostname: str                        # [server] hostname: our name (authserv-id, tags)
