@@ -10,12 +10,12 @@ import faulthandler
 import os
 import pwd
 import signal
+import stat
 import threading
 import time
 from pathlib import Path
 
 from ..config.schema import Config, require_listener
-from ..core.durable import replace_durably
 from ..core.errors import ConfigError
 from ..log import sink
 from ..log.events import EventLog
@@ -285,11 +285,44 @@ class Daemon:
             return
         try:
             self._make_pid_folder(self.pid_file.parent)
-            replace_durably(self.pid_file, f"{os.getpid()}\n".encode(), self.pid_file.parent)
-            os.chmod(self.pid_file, 0o644)
+            problem = self._pid_file_problem()
+            if problem:
+                raise StartError(f"[server] pid_file: {problem}")
+            # Written as root: never through a symlink, never over another file.
+            fd = os.open(self.pid_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, f"{os.getpid()}\n".encode())
+            finally:
+                os.close(fd)
         except OSError as error:
             raise StartError(f"[server] pid_file: cannot write {self.pid_file}: "
                              f"{error.strerror}") from None
+
+    def _pid_file_problem(self) -> str | None:
+        """Why the pid file must not be written, or None. Root writes it: a folder
+        that someone else can write lets them point the name at any file."""
+        assert self.pid_file is not None
+        folder = self.pid_file.parent
+        info = folder.stat()
+        trusted = {0, os.geteuid()}
+        if self.runtime.config.server.user:
+            try:
+                trusted.add(pwd.getpwnam(self.runtime.config.server.user).pw_uid)
+            except KeyError:
+                pass
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) or info.st_uid not in trusted:
+            return (f"{folder} can be written by other users (mode "
+                    f"{stat.S_IMODE(info.st_mode):o}, owner uid {info.st_uid}); put the pid "
+                    "file in a folder of its own, such as /run/mailbox-appliance/")
+        try:
+            existing = os.lstat(self.pid_file)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(existing.st_mode) or existing.st_size > 32 or \
+                not self.pid_file.read_text(errors="replace").strip().isdigit():
+            return f"{self.pid_file} exists and is not a pid file; refusing to overwrite it"
+        return None
 
     def _make_pid_folder(self, folder: Path) -> None:
         """A pid file's folder that we create is the mail user's, so that the server
