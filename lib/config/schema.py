@@ -29,6 +29,7 @@ from .values import (  # noqa: F401  (HostPort, Rate, format_duration: re-export
     Rate,
     format_duration,
     split_list,
+    to_algorithms,
     to_choice,
     to_command,
     to_delimiter,
@@ -45,6 +46,7 @@ from .values import (  # noqa: F401  (HostPort, Rate, format_duration: re-export
     to_optional_service,
     to_rate,
     to_score,
+    to_selector,
     to_size,
     to_socket_or_service,
     to_switch,
@@ -127,6 +129,20 @@ class ChecksSection:
 
 
 @dataclass(frozen=True)
+class DkimSection:
+    """Signing the household's own mail (DESIGN 7.2). Keys live in
+    <data_dir>/dkim/<domain>/<selector>.key; a domain without one is not signed."""
+    selector: str
+    algorithms: tuple[str, ...]          # ("rsa",), ("ed25519",) or both
+
+    def selectors(self) -> dict[str, str]:
+        """algorithm -> selector: with both algorithms, <selector>-rsa and <selector>-ed25519."""
+        if len(self.algorithms) == 1:
+            return {self.algorithms[0]: self.selector}
+        return {algorithm: f"{self.selector}-{algorithm}" for algorithm in self.algorithms}
+
+
+@dataclass(frozen=True)
 class PolicySection:
     trusted_networks: tuple
     filter_command: tuple[str, ...]
@@ -145,6 +161,7 @@ class RelaySection:
     give_up_after: float
     nameservers: tuple[HostPort, ...]
     mx_port: int
+    srs_secret: str                      # set: forwards leave with an SRS0 sender
 
 
 @dataclass(frozen=True)
@@ -196,6 +213,10 @@ SCHEMA: dict[str, tuple[type, tuple[Key, ...]]] = {
         Key("greylist_delay", to_duration, "3m"),
         Key("scanner_failure", to_choice("tempfail", "accept"), "tempfail"),
     )),
+    "dkim": (DkimSection, (
+        Key("selector", to_selector, "mail"),
+        Key("algorithms", to_algorithms, "rsa"),
+    )),
     "relay": (RelaySection, (
         Key("mode", to_choice("mx", "smarthost"), "mx"),
         Key("smarthost", to_text, ""),
@@ -207,6 +228,7 @@ SCHEMA: dict[str, tuple[type, tuple[Key, ...]]] = {
         Key("give_up_after", to_duration, "5d"),
         Key("nameservers", to_nameservers, ""),
         Key("mx_port", to_int(1, 65535), "25"),
+        Key("srs_secret", to_text, ""),
     )),
 }
 MAP_SECTIONS = ("routes", "domains", "mailboxes", "aliases")
@@ -222,6 +244,7 @@ class Config:
     limits: LimitsSection
     policy: PolicySection
     checks: ChecksSection
+    dkim: DkimSection
     relay: RelaySection
     routes: Mapping[str, HostPort]
     domains: Mapping[str, frozenset[str] | str]     # domain -> mailboxes or ALL_MAILBOXES
@@ -338,7 +361,7 @@ def _build(parser: configparser.ConfigParser, path: Path,
     return Config(
         path=path.resolve(), server=server, listen=listen, tls=tls,
         limits=values["limits"], policy=values["policy"],
-        checks=_finish_checks(values["checks"], base), relay=relay,
+        checks=_finish_checks(values["checks"], base), dkim=values["dkim"], relay=relay,
         routes=_routes(parser), domains=domains, mailboxes=mailboxes,
         aliases=_aliases(parser, domains, mailboxes),
         lines=MappingProxyType(dict(lines)))
@@ -441,12 +464,11 @@ def _finish_relay(relay: RelaySection, base: Path) -> RelaySection:
         ca_file = str((base / relay.smarthost_ca_file).resolve())
         if not Path(ca_file).is_file():
             raise ConfigError("relay", "smarthost_ca_file", f"file not found: {ca_file}")
-    return RelaySection(mode=mode, smarthost=smarthost, smarthost_tls=tls_mode,
-                        smarthost_user=relay.smarthost_user,
-                        smarthost_password=relay.smarthost_password,
-                        smarthost_ca_file=ca_file, retry=relay.retry,
-                        give_up_after=relay.give_up_after, nameservers=relay.nameservers,
-                        mx_port=relay.mx_port)
+    if relay.srs_secret and len(relay.srs_secret) < 16:
+        raise ConfigError("relay", "srs_secret", "too short to be a secret: use 16 characters "
+                          "or more (e.g. from: openssl rand -hex 16)")
+    return replace(relay, mode=mode, smarthost=smarthost, smarthost_tls=tls_mode,
+                   smarthost_ca_file=ca_file)
 
 
 def _map_items(parser, section: str) -> list[tuple[str, str]]:

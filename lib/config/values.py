@@ -231,3 +231,18 @@ def to_delimiter(value: str) -> str:
     if bad:
         raise Invalid(f"{bad[0]!r} cannot be a recipient delimiter (use e.g. + or -)")
     return value
+
+
+def to_selector(value: str) -> str:
+    """A DKIM selector: one DNS label (RFC 6376 3.1), e.g. mail or 2026a."""
+    if not re.fullmatch(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", value.lower()):
+        raise Invalid(f"{value!r} is not a selector (letters, digits and '-', like mail)")
+    return value.lower()
+
+
+def to_algorithms(value: str) -> tuple[str, ...]:
+    items = [item.lower() for item in split_list(value)]
+    if not items or any(item not in ("rsa", "ed25519") for item in items) or \
+            len(set(items)) != len(items):
+        raise Invalid(f"{value!r} is not rsa, ed25519, or rsa, ed25519")
+    return tuple(items)

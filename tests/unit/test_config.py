@@ -331,3 +331,21 @@ def test_bad_checks_values_name_the_key(load, key, value):
     with pytest.raises(ConfigError) as error:
         load(BASE_INI + f"\n[checks]\n{key} = {value}\n")
     assert error.value.section == "checks" and error.value.key == key
+
+
+def test_dkim_and_srs_settings(load):
+    plain = load(BASE_INI)
+    assert plain.dkim.selectors() == {"rsa": "mail"} and plain.relay.srs_secret == ""
+    both = load(BASE_INI + "\n[dkim]\nselector = 2026a\nalgorithms = rsa, ed25519\n"
+                           "[relay]\nsrs_secret = 0123456789abcdef0123\n")
+    assert both.dkim.selectors() == {"rsa": "2026a-rsa", "ed25519": "2026a-ed25519"}
+    assert both.relay.srs_secret == "0123456789abcdef0123"
+
+
+@pytest.mark.parametrize("section, key, value", [
+    ("dkim", "selector", "not a label"), ("dkim", "algorithms", "dsa"),
+    ("dkim", "algorithms", "rsa, rsa"), ("relay", "srs_secret", "short")])
+def test_bad_dkim_and_srs_values_name_the_key(load, section, key, value):
+    with pytest.raises(ConfigError) as error:
+        load(BASE_INI + f"\n[{section}]\n{key} = {value}\n")
+    assert (error.value.section, error.value.key) == (section, key)
