@@ -11,12 +11,14 @@ for imports inside functions):
     store     Maildirs, the outbound queue on disk, the intake that commits to both
     checks    who a client is and what it may do: trust, logins, caps, back-pressure, filter
     session   what every protocol engine takes and returns; the Runtime it is given
+    outbound  next hop, the SMTP client, the queue runner, DSNs, DKIM signing, SRS
     smtp      the SMTP engine (no sockets inside)
     pop3      the POP3 engine (no sockets inside)
-    outbound  next hop, the SMTP client, the queue runner, DSNs
     server    the only socket code: listeners, line reading, TLS wrapping; the daemon
     cli       the subcommands
 """
 
-LAYERS = ("core", "config", "log", "store", "checks", "session", "smtp", "pop3",
-          "outbound", "server", "cli")
+# outbound comes before the engines: the SMTP engine signs the household's mail
+# (DKIM) and rewrites forwards (SRS) before it queues them.
+LAYERS = ("core", "config", "log", "store", "checks", "session", "outbound", "smtp", "pop3",
+          "server", "cli")

@@ -20,6 +20,7 @@ LOCK_FILE = "serve.lock"           # flock'ed by the running server; holds its p
 RELOAD_STATUS = "reload.status"    # the running server's answer to the last reload
 OWNED_ENTRIES = frozenset({
     "mail", "queue",               # Maildirs; the outbound queue
+    "dkim",                        # DKIM keys: dkim/<domain>/<selector>.key
     LOCK_FILE, RELOAD_STATUS,
     "lost+found",                  # a data_dir that is a file system of its own
 })
