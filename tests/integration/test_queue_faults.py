@@ -75,7 +75,12 @@ def test_bad_queue_entries_neither_stop_serve_nor_hold_up_the_good_one(dns, sink
            place(server.data, Recipient("c@remote.example"),
                  change=lambda envelope: envelope.update(created="yesterday"))]
     good = place(server.data, Recipient(FRIEND))
-    server.start()                                      # SMTP up: no TypeError at start
+    process = server.start().process
+    assert process is not None
+    wait_until(lambda: "event=started" in server.log_text() or process.poll() is not None,
+               what="serve started (its queue runner read the queue) or died")
+    assert process.poll() is None, server.stderr_lines[-5:]          # not dead of a TypeError
+    submit(server.port(), ALICE, ["bhayden@example.org"], "Subject: up\r\n\r\nSMTP works\r\n")
     wait_until(lambda: events(server, "done", msg=good), what="the good entry delivered")
     assert len(sink.delivered(FRIEND)) == 1 and len(sink.deliveries()) == 1
     reasons = {e["msg"]: e["reason"] for e in events(server, "quarantined")}
