@@ -130,9 +130,7 @@ class Envelope:
         version may add some); an old envelope is upgraded."""
         try:
             raw = json.loads(data.decode("utf-8"))
-        except UnicodeDecodeError as error:
-            raise ValueError(f"not an envelope: {error}") from None
-        except ValueError as error:                 # json.JSONDecodeError
+        except ValueError as error:                 # not UTF-8, or not JSON
             raise ValueError(f"not an envelope: {error}") from None
         values = _checked(cls, raw)
         if not values["recipients"]:
@@ -396,13 +394,18 @@ class Spool:
         """Move both files of an entry to bad/ (the envelope first: the entry
         stops existing at once) and log it."""
         bad = self.root / BAD_DIR
-        bad.mkdir(mode=0o700, exist_ok=True)
-        for path in (self.envelope_path(queue_id), self.message_path(queue_id)):
-            try:
-                os.rename(path, bad / path.name)
-            except FileNotFoundError:
-                pass
-        self.syncer.sync(self.entries_dir)
+        try:
+            bad.mkdir(mode=0o700, exist_ok=True)
+            for path in (self.envelope_path(queue_id), self.message_path(queue_id)):
+                try:
+                    os.rename(path, bad / path.name)
+                except FileNotFoundError:
+                    pass
+            self.syncer.sync(self.entries_dir)
+        except OSError as error:        # e.g. `queue list` by a user who may only read
+            EventLog("queue").error("quarantine_failed", msg=queue_id, reason=reason,
+                                    error=error.strerror or str(error))
+            return
         EventLog("queue").error("quarantined", msg=queue_id, reason=reason,
                                 moved_to=str(bad))
 

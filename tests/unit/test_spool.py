@@ -389,3 +389,15 @@ def test_an_envelope_without_a_size_is_delivered_as_it_is(spool):
     with spool.locked(env.id):
         loaded = spool.load_for_delivery(env.id)
     assert loaded is not None and loaded.size is None and spool.quarantined() == []
+
+
+def test_a_bad_entry_that_cannot_be_moved_is_skipped_and_said_so(spool, caplog):
+    """`queue list` by a user who may read the queue but not change it."""
+    good = enqueue(spool)
+    bad = enqueue(spool)
+    _rewritten(spool, bad, "envelope", "created", "yesterday")
+    (spool.root / "bad").write_text("a file where the folder should be")
+    with caplog.at_level("ERROR", logger="mailbox_appliance"):
+        assert [e.id for e in spool.entries()] == [good.id]
+    assert spool.ids() == [good.id, bad.id]               # left where it was
+    assert f"event=quarantine_failed msg={bad.id}" in caplog.text
