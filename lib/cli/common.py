@@ -1,11 +1,16 @@
 """What every subcommand shares: exit codes, the usage error, where the config
-is, acting as the mail user."""
+is, acting as the mail user, the configured log."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..log import sink
+from ..log.events import EventLog
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2   # DESIGN 4
 
@@ -71,3 +76,22 @@ def become_mail_user(runtime) -> None:
     from ..server.daemon import drop_privileges
     if os.geteuid() == 0:
         drop_privileges(runtime.config)
+
+
+@contextmanager
+def configured_log(runtime) -> Iterator[None]:
+    """The server's log ([server] log and log_level) for a command that leaves
+    lines in it (sendmail, queue), every line written before the command exits.
+    Opened as the caller is (call it after become_mail_user); when it cannot
+    be, the lines go to stderr, as serve does."""
+    server = runtime.config.server
+    try:
+        sink.configure(server.log, server.log_level)
+    except OSError as error:
+        sink.configure("stderr", server.log_level)
+        EventLog("cli").error("log_unavailable", key="[server] log", using="stderr",
+                              error=f"cannot open {server.log}: {error.strerror or error}")
+    try:
+        yield
+    finally:
+        sink.stop()

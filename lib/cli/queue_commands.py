@@ -1,16 +1,19 @@
 """`queue list`, `queue flush` and `queue remove`: the outbound queue, as the
-mail user, while the server runs."""
+mail user, while the server runs. Each leaves its lines in the server's log
+(a flush or a removal says who did it; a bad entry found is quarantined)."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
+from ..log.events import EventLog
 from ..outbound.results import last_result
 from ..session.runtime import load_runtime
-from ..store.spool import QueueBusy, Recipient, RecipientState, Spool, check_id
-from .common import EXIT_FAILURE, EXIT_OK, UsageError, become_mail_user
+from ..store.spool import BAD_DIR, QueueBusy, Recipient, RecipientState, Spool, check_id
+from .common import EXIT_FAILURE, EXIT_OK, UsageError, become_mail_user, configured_log
 
 
 def _open_spool(runtime):
@@ -20,17 +23,24 @@ def _open_spool(runtime):
 
 def cmd_queue(args) -> int:
     runtime = load_runtime(args.config)
+    if args.action == "remove":
+        if not args.id:
+            raise UsageError("queue remove: which entry? (see: queue list)")
+        try:
+            check_id(args.id)
+        except ValueError as error:
+            raise UsageError(f"queue remove: {error}") from None
+    by = f"uid {os.getuid()}"                 # who ran it, before acting as the mail user
     spool = _open_spool(runtime)
-    if args.action == "list":
-        return _queue_list(spool, args.json)
-    if args.action == "flush":
-        return _queue_flush(spool)
-    if not args.id:
-        raise UsageError("queue remove: which entry? (see: queue list)")
-    return _queue_remove(spool, args.id)
+    with configured_log(runtime):
+        if args.action == "list":
+            return _queue_list(spool, args.json)
+        if args.action == "flush":
+            return _queue_flush(spool, by)
+        return _queue_remove(spool, args.id, by)
 
 
-def _queue_list(spool, as_json: bool) -> int:
+def _queue_list(spool: Spool, as_json: bool) -> int:
     now = time.time()
     entries = spool.entries()
     for envelope in entries:
@@ -48,13 +58,23 @@ def _queue_list(spool, as_json: bool) -> int:
             if r.state == RecipientState.PENDING:
                 wait = r.next_attempt - now
                 when = "  next try now" if wait <= 0 else f"  next try in {_human(wait)}"
-            print(f"    {r.address}  {r.state.value}  attempts {r.attempts}{when}")
+            forward = f" (forward of {r.original})" if r.original else ""
+            print(f"    {r.address}{forward}  {r.state.value}  attempts {r.attempts}{when}")
             if last := _last_reply(r):
                 relay = f" ({r.relay})" if r.relay and r.relay != "none" else ""
                 print(f"        last: {last}{relay}")
     if not as_json:
-        print(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'} in the queue")
+        print(f"{_entries(len(entries))} in the queue")
+    if quarantined := spool.quarantined():
+        # --json keeps stdout to one object per entry: the note goes to stderr
+        print(f"{_entries(len(quarantined))} quarantined in {spool.root / BAD_DIR} "
+              "(the log's event=quarantined lines say why)",
+              file=sys.stderr if as_json else sys.stdout)
     return EXIT_OK
+
+
+def _entries(count: int) -> str:
+    return f"{count} entr{'y' if count == 1 else 'ies'}"
 
 
 def _last_reply(recipient: Recipient) -> str:
@@ -84,12 +104,14 @@ def _human(seconds: float) -> str:
     return "".join(parts[:2])
 
 
-def _queue_flush(spool) -> int:
+def _queue_flush(spool: Spool, by: str) -> int:
     flushed = busy = 0
     for queue_id in spool.ids():
         try:
             with spool.locked(queue_id):
-                envelope = spool.load(queue_id)
+                envelope = spool.read(queue_id)
+                if envelope is None:
+                    continue                # bad: quarantined, and logged
                 for recipient in envelope.pending:
                     recipient.next_attempt = 0.0
                 spool.save(envelope)
@@ -99,21 +121,18 @@ def _queue_flush(spool) -> int:
         except FileNotFoundError:
             continue
     spool.poke()
-    print(f"flushed {flushed} entr{'y' if flushed == 1 else 'ies'}"
-          + (f"; {busy} being delivered now" if busy else ""))
+    EventLog("queue").info("flushed", count=flushed, busy=busy or None, by=by)
+    print(f"flushed {_entries(flushed)}" + (f"; {busy} being delivered now" if busy else ""))
     return EXIT_OK
 
 
-def _queue_remove(spool, queue_id: str) -> int:
-    try:
-        check_id(queue_id)
-    except ValueError as error:
-        raise UsageError(f"queue remove: {error}") from None
+def _queue_remove(spool: Spool, queue_id: str, by: str) -> int:
     deadline = time.monotonic() + 60
     while True:
         try:
             with spool.locked(queue_id):
                 spool.remove(queue_id)
+            EventLog("queue").info("removed", msg=queue_id, by=by)
             print(f"removed {queue_id}")
             return EXIT_OK
         except FileNotFoundError:

@@ -18,10 +18,11 @@ from pathlib import Path
 from ..config.router import REJECTED
 from ..core import wire
 from ..core.addresses import Address, AddressError, parse_mailbox
+from ..log.events import EventLog
 from ..session.runtime import Runtime, Services, load_runtime
 from ..store.intake import Accepted, Destinations
 from ..store.spool import new_id
-from .common import EXIT_FAILURE, EXIT_OK, UsageError, become_mail_user
+from .common import EXIT_FAILURE, EXIT_OK, UsageError, become_mail_user, configured_log
 
 RECIPIENT_HEADERS = ("to", "cc", "bcc")
 SMTP_ENV = "MAILBOX_APPLIANCE_SMTP"        # host:port to submit to when the queue is out of reach
@@ -160,7 +161,8 @@ def cmd_sendmail(args) -> int:
     if not options.recipients and not options.from_header:
         raise UsageError("sendmail: no recipients (give addresses, or -t to read them "
                          "from the header)")
-    origin = f"uid {os.getuid()}"             # who ran it, before acting as the mail user
+    uid = os.getuid()                         # who ran it, before acting as the mail user
+    origin = f"uid {uid}"
     runtime = None if _unreadable(args.config) else load_runtime(args.config)
     limit = runtime.config.limits.max_message_size if runtime else NO_CONFIG_SIZE_LIMIT
     raw = sys.stdin.buffer.read(limit + 1)
@@ -183,7 +185,10 @@ def cmd_sendmail(args) -> int:
                                runtime.router.primary_domain)
             if os.geteuid() == 0 or _queue_writable(runtime):
                 become_mail_user(runtime)
-                accepted = submit(runtime, Services.create(runtime.config), prepared, origin).id
+                with configured_log(runtime):
+                    done = submit(runtime, Services.create(runtime.config), prepared, origin)
+                    _log_accepted(done, prepared, uid)
+                accepted = done.id
             else:
                 accepted = _submit_over_smtp(_smtp_targets(runtime), prepared,
                                              "cannot write the queue")
@@ -193,6 +198,14 @@ def cmd_sendmail(args) -> int:
     if options.verbose:
         print(f"sendmail: accepted by {accepted}")
     return EXIT_OK
+
+
+def _log_accepted(done: Accepted, prepared: Prepared, uid: int) -> None:
+    """The line the SMTP session logs for a message it accepted, for this one."""
+    EventLog("sendmail").info(
+        "accepted", msg=done.id, size=len(prepared.message), origin="sendmail", uid=uid,
+        sender=f"<{prepared.sender}>", to=prepared.recipients,
+        mailboxes=list(done.mailboxes) or None, queue=done.queue_id)
 
 
 def _unreadable(path: Path) -> bool:

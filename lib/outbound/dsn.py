@@ -3,7 +3,10 @@ when mail to some recipients failed for good or expired, and sending it.
 
 The DSN is multipart/report; report-type=delivery-status with three parts: a
 human-readable explanation, the machine-readable message/delivery-status,
-and the original message's header (text/rfc822-headers). It comes from
+and the original message's header (text/rfc822-headers), cut to a few KB at
+a field boundary (as Postfix's bounce_size_limit caps what it returns): the
+sender of a forwarded message is whoever a stranger chose, so a bounce must
+not carry the stranger's 50 KB back to them (backscatter). It comes from
 MAILER-DAEMON@hostname with the null envelope sender, so it can never bounce
 back in turn (RFC 5321 4.5.5); a message that had a null sender gets none.
 Both the explanation and the Diagnostic-Code say what the remote server
@@ -13,6 +16,7 @@ answered, or in plain words why no server could be asked.
 from __future__ import annotations
 
 import email.utils
+import re
 import secrets
 from pathlib import Path
 
@@ -25,21 +29,36 @@ from ..store.intake import Destinations
 from ..store.spool import Envelope, Recipient, new_id
 from .results import FailureKind, HostFailure, RemoteReply, Result, last_result
 
-HEADER_LIMIT = 64 * 1024          # octets of the original header quoted in the DSN
+# Octets of the original header a DSN returns: the whole header of a normal
+# message (a dozen Received lines, DKIM and ARC signatures), never a stranger's 50 KB.
+HEADER_LIMIT = 8 * 1024
 LINE_LIMIT = 900                  # characters of a diagnostic: a line must stay under 998
+_FIELD_START = re.compile(rb"\n(?=[^ \t])")   # a line that does not continue the field before
 
 
-def original_header(message: bytes) -> bytes:
-    """The header section of a stored (LF) message, bounded."""
-    end = message.find(b"\n\n")
-    head = message[: end + 1] if end >= 0 else message
-    return head[:HEADER_LIMIT]
+def original_header(start: bytes, limit: int = HEADER_LIMIT) -> tuple[bytes, bool]:
+    """(header, cut): the header section of a stored (LF) message as whole
+    fields up to `limit` octets, and whether fields were left out. `start` is
+    the message's beginning, at least limit + 1 octets of it when it is longer."""
+    if start.startswith(b"\n"):
+        return b"", False                          # no header at all
+    end = start.find(b"\n\n")
+    if end >= 0 and end < limit:
+        return start[:end + 1], False
+    if end < 0 and len(start) <= limit:            # a message that is all header
+        return start if start.endswith(b"\n") else start + b"\n", False
+    # Cut before the first field that does not fit: the last line start within
+    # the limit that begins a new field (the octet after its LF is not blank).
+    window = start[:limit + 1]
+    boundaries = [match.end() for match in _FIELD_START.finditer(window)]
+    return start[:boundaries[-1] if boundaries else 0], True
 
 
 def build_dsn(envelope: Envelope, failed: list[Recipient], hostname: str,
-              original_head: bytes, give_up_after: float) -> bytes:
+              original_head: bytes, give_up_after: float, header_cut: bool = False) -> bytes:
     """The DSN about `failed` as bytes with LF line endings, ready for the
-    store or the queue. `give_up_after` is the retry period, for expired ones."""
+    store or the queue. `give_up_after` is the retry period, for expired ones;
+    `header_cut` says that `original_head` is only the start of the header."""
     boundary = f"{envelope.id}/{secrets.token_hex(8)}/{hostname}"
     expired = all(r.expired for r in failed)
     subject = ("Delivery failed: message expired" if expired
@@ -79,7 +98,12 @@ def build_dsn(envelope: Envelope, failed: list[Recipient], hostname: str,
             status.append(f"Remote-MTA: dns; {remote_mta}")
         status.append(f"Diagnostic-Code: {result.diagnostic()[:LINE_LIMIT]}{suffix}")
         status.append("Last-Attempt-Date: " + email.utils.formatdate(localtime=True))
-    explanation += ["", "The header of your message is attached below."]
+    if header_cut:
+        explanation += ["", f"The header of your message is attached below, cut after "
+                            f"{len(original_head)} octets: a bounce returns at most "
+                            f"{HEADER_LIMIT} octets of it."]
+    else:
+        explanation += ["", "The header of your message is attached below."]
 
     text = "\n".join(head) + "\n\nThis is a MIME-encapsulated delivery status report.\n\n"
     text += f"--{boundary}\nContent-Type: text/plain; charset=utf-8\n" \
@@ -108,11 +132,11 @@ def send_dsn(runtime: Runtime, services: Services, envelope: Envelope, failed: l
     log = EventLog("delivery").bind(msg=envelope.id)
     try:
         with open(message_path, "rb") as handle:
-            head = original_header(handle.read(HEADER_LIMIT))
+            head, cut = original_header(handle.read(HEADER_LIMIT + 1))
     except FileNotFoundError:
-        head = b""
+        head, cut = b"", False
     report = build_dsn(envelope, failed, runtime.hostname, head,
-                       runtime.config.relay.give_up_after)
+                       runtime.config.relay.give_up_after, header_cut=cut)
     try:
         sender = parse_mailbox(envelope.sender, utf8=True)
     except ValueError:

@@ -8,7 +8,9 @@ result, so a 4xx for one retries just that one. Transient results (4xx,
 connection failures) are retried until give_up_after; 5xx replies, a null
 MX and a domain that does not exist fail at once. Failed recipients are
 reported to the sender in one DSN, and the entry is removed only after
-every recipient is delivered or bounced.
+every recipient is delivered or bounced. An entry whose envelope is bad or
+whose message file changed size since it was queued is moved to queue/bad/
+(Spool.load_for_delivery), never sent or retried.
 """
 
 from __future__ import annotations
@@ -165,7 +167,9 @@ class QueueRunner:
         runtime = self.app.runtime
         try:
             with self.spool.locked(queue_id):
-                envelope = self.spool.load(queue_id)
+                envelope = self.spool.load_for_delivery(queue_id)
+                if envelope is None:
+                    return None                  # quarantined: for the admin to look at
                 due = [r for r in envelope.pending if r.next_attempt <= time.time()]
                 if due:
                     self._deliver(runtime, envelope, due, cache)
@@ -207,7 +211,7 @@ class QueueRunner:
             try:
                 outcome = self._try_hops(runtime, finder.hops(domain), envelope, recipients,
                                          path, log, cache)
-            except AttemptFailed as failure:      # no host, or none that could be used
+            except AttemptFailed as failure:      # no host to try (DNS, null MX ...)
                 outcome = _for_all(recipients, failure.result)
             except Exception:           # a bug or the unforeseen: retry, expire, bounce
                 log.exception("attempt_failed", to=[r.address for r in recipients])
@@ -219,9 +223,10 @@ class QueueRunner:
     def _try_hops(self, runtime: Runtime, hops: list[Hop], envelope: Envelope,
                   recipients: list[Recipient], path: Path, log: EventLog,
                   cache: ConnectionCache | None) -> Outcome:
-        """The outcome at the first host that could be used; AttemptFailed with
-        the last host's failure when none could."""
+        """The outcome at the first host that could be used; when none could, the
+        last host's failure for every recipient, with that host as the relay."""
         last: Result = HostFailure(FailureKind.DNS, "no host to try")
+        tried = "none"
         for hop in hops:
             for address in hop.addresses:
                 try:
@@ -229,9 +234,9 @@ class QueueRunner:
                                     [r.address for r in recipients], path, envelope.utf8, cache)
                 except AttemptFailed as failure:
                     last = failure.result
-                    log.info("host_failed", relay=f"{hop.name}[{address}]:{hop.port}",
-                             reason=last.describe())
-        raise AttemptFailed(last)
+                    tried = f"{hop.name}[{address}]:{hop.port}"
+                    log.info("host_failed", relay=tried, reason=last.describe())
+        return _for_all(recipients, last, tried)
 
     def _record(self, runtime: Runtime, envelope: Envelope, recipients: list[Recipient],
                 outcome: Outcome, log: EventLog) -> None:
@@ -291,9 +296,10 @@ class QueueRunner:
                       failed=states.count(RecipientState.FAILED))
 
 
-def _for_all(recipients: list[Recipient], result: Result) -> Outcome:
-    """One result for every recipient, when no host gave any ("none" in the log)."""
-    return Outcome("none", results={r.address: result for r in recipients})
+def _for_all(recipients: list[Recipient], result: Result, relay: str = "none") -> Outcome:
+    """One result for every recipient, when no host gave any: `relay` is the
+    last host tried ("none" when there was none to try, e.g. DNS failed)."""
+    return Outcome(relay, results={r.address: result for r in recipients})
 
 
 def _clock(when: float) -> str:

@@ -17,8 +17,19 @@ never half of each.
 Every change to an entry happens under an flock() on its `.msg` file, so the
 queue runner and the `queue` command can work on the same queue at once.
 
-Envelopes written before recipients had typed results (a free-text
-`last_reply`, expiry marked inside it) are upgraded as they are read.
+An entry that cannot be trusted goes to `bad/` (both files, and an
+`event=quarantined` log line) instead of stopping the queue: an envelope that
+is not JSON, lacks a field or holds a value of the wrong type for one (every
+field is checked against its declared type when it is read), or whose
+message file no longer has the size recorded at commit (checked before
+delivery: a truncated file must not go out truncated). The size, not a hash,
+is what is recorded: it costs one stat, and catches truncation, the way a
+crash, a full disk or a partial restore damages a file.
+
+Envelopes written by earlier versions load: before recipients had typed
+results (a free-text `last_reply`, expiry marked inside it) they are
+upgraded as they are read; without a `size`, the message's size is unknown
+and not checked.
 """
 
 from __future__ import annotations
@@ -27,14 +38,18 @@ import errno
 import fcntl
 import itertools
 import json
+import math
 import os
 import re
 import secrets
 import time
+import types
+import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
-from enum import StrEnum
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from enum import Enum, StrEnum
+from functools import cache
 from pathlib import Path
 
 from ..core.durable import DirSyncer, replace_durably, temp_name, unlink_quietly, write_synced
@@ -42,6 +57,7 @@ from ..log.events import EventLog
 from .maildir import TempMessage
 
 WAKE_FILE = "wake"
+BAD_DIR = "bad"               # quarantined entries, for the admin to look at
 COPY_CHUNK = 1 << 20
 
 
@@ -101,24 +117,28 @@ class Envelope:
     created: float
     utf8: bool = False          # SMTPUTF8 was used (RFC 6531)
     origin: dict = field(default_factory=dict)   # session, client, for the log and DSNs
+    size: int | None = None     # octets of the message file at commit; None: not recorded
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), ensure_ascii=False, indent=1).encode("utf-8")
 
     @classmethod
     def from_json(cls, data: bytes) -> Envelope:
-        """Raises ValueError for anything that is not an envelope (bad JSON, an
-        unknown state). Keys this version does not know are ignored (a newer
+        """Raises ValueError, naming the field, for anything that is not an
+        envelope: bad JSON, a missing field, a value of the wrong type, an
+        unknown state. Keys this version does not know are ignored (a newer
         version may add some); an old envelope is upgraded."""
         try:
             raw = json.loads(data.decode("utf-8"))
-            known = {f.name for f in fields(Recipient)}
-            raw["recipients"] = [Recipient(**{k: v for k, v in _upgraded(item).items()
-                                              if k in known})
-                                 for item in raw["recipients"]]
-            return cls(**{k: v for k, v in raw.items() if k in {f.name for f in fields(cls)}})
-        except (UnicodeDecodeError, KeyError, TypeError, AttributeError) as error:
+        except ValueError as error:                 # not UTF-8, or not JSON
             raise ValueError(f"not an envelope: {error}") from None
+        values = _checked(cls, raw)
+        if not values["recipients"]:
+            raise ValueError("bad envelope: recipients is empty")
+        values["recipients"] = [
+            Recipient(**_checked(Recipient, _upgraded(item), f"recipients[{index}]"))
+            for index, item in enumerate(values["recipients"])]
+        return cls(**values)
 
     @property
     def pending(self) -> list[Recipient]:
@@ -134,13 +154,15 @@ _OLD_REPLY = re.compile(r"(\d{3})(?: ([245]\.\d{1,3}\.\d{1,3}))?(?: |\Z)")
 _OLD_EXPIRY = re.compile(r" \(gave up after [^)]*\)\Z")
 
 
-def _upgraded(item: dict) -> dict:
+def _upgraded(item: object) -> object:
     """A recipient as the current format has it, from one written before the
     last reply had fields (`last_reply` text) or from the current format."""
-    if "last_reply" not in item or "reply_code" in item:
+    if not isinstance(item, dict) or "last_reply" not in item or "reply_code" in item:
         return item
     item = dict(item)
     text = item.pop("last_reply") or ""
+    if not isinstance(text, str):
+        raise ValueError(f"bad envelope: last_reply is {_shown(text)}, not text")
     if item.get("state") == RecipientState.FAILED and (marker := _OLD_EXPIRY.search(text)):
         item["expired"] = True
         text = text[:marker.start()]
@@ -150,6 +172,72 @@ def _upgraded(item: dict) -> dict:
         text = text[match.end():]
     item["reply_text"] = text
     return item
+
+
+# ---------------------------------------------------------------- field types
+
+def _checked(cls: type, raw: object, where: str = "") -> dict:
+    """The fields of dataclass `cls` found in `raw`, each of its declared type
+    (ValueError naming the first that is missing or is not); other keys dropped.
+    `where` says which part of the envelope `raw` is, for the error."""
+    problem = f"bad envelope: {where}: " if where else "bad envelope: "
+    if not isinstance(raw, dict):
+        raise ValueError(f"{problem}{_shown(raw)} is not a JSON object")
+    values = {}
+    for name, (wanted, required) in _field_types(cls).items():
+        if name not in raw:
+            if required:
+                raise ValueError(f"{problem}no {name}")
+            continue
+        value = raw[name]
+        if not _fits(value, wanted):
+            raise ValueError(f"{problem}{name} is {_shown(value)}, not {_type_name(wanted)}")
+        values[name] = value
+    if values.get("attempts", 0) < 0:
+        raise ValueError(f"{problem}attempts is {values['attempts']}")
+    return values
+
+
+@cache
+def _field_types(cls: type) -> dict[str, tuple[object, bool]]:
+    """name -> (declared type, required) of a dataclass, from its annotations."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: (hints[f.name], f.default is MISSING and f.default_factory is MISSING)
+            for f in fields(cls)}
+
+
+def _fits(value: object, wanted: object) -> bool:
+    """Does a value read from JSON have the declared type? (float: any finite
+    number; int: no bool, since JSON's true is not a count; an Enum: one of its values.)"""
+    if isinstance(wanted, types.UnionType):
+        return any(_fits(value, option) for option in typing.get_args(wanted))
+    if wanted is type(None):
+        return value is None
+    kind = typing.get_origin(wanted) or wanted       # list[Recipient] -> list
+    if kind is bool or isinstance(value, bool):
+        return kind is bool and isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
+    if isinstance(kind, type) and issubclass(kind, Enum):
+        return value in {member.value for member in kind}
+    return isinstance(kind, type) and isinstance(value, kind)
+
+
+def _type_name(wanted: object) -> str:
+    if isinstance(wanted, types.UnionType):
+        return " or ".join(_type_name(option) for option in typing.get_args(wanted))
+    kind = typing.get_origin(wanted) or wanted
+    if isinstance(kind, type) and issubclass(kind, Enum):
+        return "one of " + "/".join(str(member.value) for member in kind)
+    names = {type(None): "null", bool: "true/false", int: "a whole number",
+             float: "a number", str: "text", list: "a list", dict: "a JSON object"}
+    return names.get(kind, str(kind)) if isinstance(kind, type) else str(kind)
+
+
+def _shown(value: object) -> str:
+    """A value for the log line: JSON-like, short."""
+    text = json.dumps(value)              # NaN shows as NaN
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 class QueueBusy(Exception):
@@ -189,6 +277,7 @@ class Spool:
         try:
             temp.finish()
             temp.close()
+            envelope.size = temp.size       # checked before delivery: no truncated sends
             while True:                 # link, unlike rename, never replaces an entry
                 try:
                     os.link(temp.path, self.message_path(envelope.id))
@@ -254,32 +343,80 @@ class Spool:
         return sorted(name[:-4] for name in os.listdir(self.entries_dir) if name.endswith(".env"))
 
     def load(self, queue_id: str) -> Envelope:
-        """The entry's envelope; FileNotFoundError when gone, ValueError when unreadable."""
-        return Envelope.from_json(self.envelope_path(queue_id).read_bytes())
+        """The entry's envelope; FileNotFoundError when gone, ValueError when it is
+        not a valid envelope of this entry (the caller decides: see `read`)."""
+        envelope = Envelope.from_json(self.envelope_path(queue_id).read_bytes())
+        if envelope.id != queue_id:
+            raise ValueError(f"bad envelope: its id {envelope.id} is not its file's")
+        return envelope
+
+    def read(self, queue_id: str) -> Envelope | None:
+        """The entry's envelope; None when it is bad, after moving it to bad/.
+        FileNotFoundError when gone."""
+        try:
+            return self.load(queue_id)
+        except ValueError as error:
+            self.quarantine(queue_id, str(error))
+            return None
+
+    def load_for_delivery(self, queue_id: str) -> Envelope | None:
+        """`read`, and the message file checked against the size the envelope
+        recorded at commit (when it did: older ones did not); a file that
+        changed is quarantined (None). Call it holding the entry's lock."""
+        envelope = self.read(queue_id)
+        if envelope is None or envelope.size is None:
+            return envelope
+        try:
+            actual = os.stat(self.message_path(queue_id)).st_size
+        except FileNotFoundError:
+            actual = None
+        if actual != envelope.size:
+            found = "missing" if actual is None else f"{actual} octets"
+            self.quarantine(queue_id, f"message file changed: {found}, "
+                                      f"queued with {envelope.size} octets")
+            return None
+        return envelope
 
     def entries(self) -> list[Envelope]:
-        """Every readable entry. One that cannot be read is moved to queue/bad/
-        (and said so on the log) instead of stopping the whole queue."""
+        """Every valid entry. One that is not is moved to queue/bad/ (and said so
+        on the log) instead of stopping the whole queue."""
         found = []
         for queue_id in self.ids():
             try:
-                found.append(self.load(queue_id))
+                envelope = self.read(queue_id)
             except FileNotFoundError:
                 continue            # delivered or removed while we looked
-            except ValueError as error:
-                self.quarantine(queue_id, str(error))
+            if envelope is not None:
+                found.append(envelope)
         return found
 
     def quarantine(self, queue_id: str, reason: str) -> None:
-        bad = self.root / "bad"
-        bad.mkdir(mode=0o700, exist_ok=True)
-        for path in (self.envelope_path(queue_id), self.message_path(queue_id)):
-            try:
-                os.rename(path, bad / path.name)
-            except FileNotFoundError:
-                pass
+        """Move both files of an entry to bad/ (the envelope first: the entry
+        stops existing at once) and log it."""
+        bad = self.root / BAD_DIR
+        try:
+            bad.mkdir(mode=0o700, exist_ok=True)
+            for path in (self.envelope_path(queue_id), self.message_path(queue_id)):
+                try:
+                    os.rename(path, bad / path.name)
+                except FileNotFoundError:
+                    pass
+            self.syncer.sync(self.entries_dir)
+        except OSError as error:        # e.g. `queue list` by a user who may only read
+            EventLog("queue").error("quarantine_failed", msg=queue_id, reason=reason,
+                                    error=error.strerror or str(error))
+            return
         EventLog("queue").error("quarantined", msg=queue_id, reason=reason,
                                 moved_to=str(bad))
+
+    def quarantined(self) -> list[str]:
+        """Ids of the entries in bad/."""
+        try:
+            names = os.listdir(self.root / BAD_DIR)
+        except FileNotFoundError:
+            return []
+        return sorted({name.rpartition(".")[0] for name in names
+                       if name.endswith((".env", ".msg"))})
 
     def save(self, envelope: Envelope) -> None:
         """Replace the envelope atomically (write, fsync, rename, fsync dir)."""

@@ -1,9 +1,11 @@
 """The queue runner without remote hosts: what each result does to a recipient
-(delivered, retried, failed, expired), bounces that cannot be written, and
-the backlog told to the intake."""
+(delivered, retried, failed, expired), bounces that cannot be written, bad
+entries and truncated messages (quarantined, never sent), what the log says
+of each attempt, and the backlog told to the intake."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -142,10 +144,94 @@ def test_the_last_hosts_failure_is_what_the_recipients_get(runner, monkeypatch, 
     with caplog.at_level(logging.INFO, logger="mailbox_appliance"):
         runner.attempt(queue_id)
     [recipient] = runner.spool.load(queue_id).recipients
-    assert (recipient.failure, recipient.relay) == ("tls", "none")
+    assert (recipient.failure, recipient.relay) == ("tls", "127.0.0.1[::1]:9")
     assert recipient.reply_text == "TLS with [::1] failed (WRONG_VERSION_NUMBER)"
     host_failed = [line for line in caplog.text.splitlines() if "event=host_failed" in line]
     assert len(host_failed) == 2 and "connection refused" in host_failed[0]
+
+
+def test_a_deferred_attempt_logs_the_host_that_was_tried(runner, monkeypatch, caplog):
+    """Issue 10: relay=none while the failure named the host."""
+    def refused(*args, **kwargs):
+        raise AttemptFailed(HostFailure(
+            FailureKind.REFUSED, "could not connect to mx.remote.example [127.0.0.2]: "
+                                 "connection refused"))
+    monkeypatch.setattr(runner_module, "transact", refused)
+    finder = runner._hop_finder(runner.app.runtime.config)
+    monkeypatch.setattr(finder, "hops", lambda domain: [
+        Hop("mx.remote.example", ("127.0.0.2",), 25, "mx")])
+    queue_id = queue_one(runner, "x@remote.example")
+    with caplog.at_level(logging.INFO, logger="mailbox_appliance"):
+        runner.attempt(queue_id)
+    [line] = [line for line in caplog.text.splitlines() if "event=attempt " in line]
+    assert "relay=mx.remote.example[127.0.0.2]:25 " in line and "state=deferred" in line, line
+
+
+def test_no_host_to_try_logs_relay_none(runner, monkeypatch, caplog):
+    finder = runner._hop_finder(runner.app.runtime.config)
+
+    def no_dns(domain):
+        raise AttemptFailed(HostFailure(FailureKind.DNS, "DNS look-up of x MX timed out"))
+    monkeypatch.setattr(finder, "hops", no_dns)
+    queue_id = queue_one(runner, "x@remote.example")
+    with caplog.at_level(logging.INFO, logger="mailbox_appliance"):
+        runner.attempt(queue_id)
+    [line] = [line for line in caplog.text.splitlines() if "event=attempt " in line]
+    assert "relay=none " in line, line
+    assert runner.spool.load(queue_id).recipients[0].relay == "none"
+
+
+# ---------------------------------------------------------------- bad entries
+
+def rewrite(runner, queue_id: str, change) -> None:
+    """Edit an entry's envelope JSON in place with `change(data)`."""
+    path = runner.spool.envelope_path(queue_id)
+    data = json.loads(path.read_bytes())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def test_an_envelope_with_a_bad_creation_time_is_quarantined_before_sending(runner, monkeypatch):
+    """Issue 11: "created": "yesterday" was delivered, crashed, and delivered again."""
+    sent: list = []
+    answering(monkeypatch, {"x@remote.example": RemoteReply(250, "2.0.0", "ok")}, sent)
+    queue_id = queue_one(runner, "x@remote.example")
+    rewrite(runner, queue_id, lambda data: data.update(created="yesterday"))
+    assert runner.attempt(queue_id) is None
+    assert sent == []
+    assert runner.spool.ids() == [] and runner.spool.quarantined() == [queue_id]
+
+
+def test_a_rescan_moves_a_bad_entry_aside_and_schedules_the_others(runner):
+    """Issue 11: "next_attempt": null made `serve` exit with a TypeError at every start."""
+    good = queue_one(runner, "x@remote.example")
+    bad = queue_one(runner, "y@remote.example")
+    rewrite(runner, bad, lambda data: data["recipients"][0].update(next_attempt=None))
+    runner.rescan()
+    assert runner._next() == good and runner._scheduled == {}         # the bad one is not due
+    assert runner.spool.quarantined() == [bad]
+
+
+def test_a_truncated_message_file_is_quarantined_not_sent(runner, monkeypatch, caplog):
+    sent: list = []
+    answering(monkeypatch, {"x@remote.example": RemoteReply(250, "2.0.0", "ok")}, sent)
+    queue_id = queue_one(runner, "x@remote.example")
+    path = runner.spool.message_path(queue_id)
+    path.write_bytes(path.read_bytes()[:9])                     # "Subject: "
+    with caplog.at_level(logging.ERROR, logger="mailbox_appliance"):
+        assert runner.attempt(queue_id) is None
+    assert sent == [] and runner.spool.quarantined() == [queue_id]
+    [line] = [line for line in caplog.text.splitlines() if "event=quarantined" in line]
+    assert f"msg={queue_id}" in line and "9 octets" in line and "19 octets" in line, line
+
+
+def test_an_entry_queued_before_sizes_were_recorded_is_delivered(runner, monkeypatch):
+    sent: list = []
+    answering(monkeypatch, {"x@remote.example": RemoteReply(250, "2.0.0", "ok")}, sent)
+    queue_id = queue_one(runner, "x@remote.example")
+    rewrite(runner, queue_id, lambda data: data.pop("size"))
+    assert runner.attempt(queue_id) is None
+    assert sent == ["x@remote.example"] and runner.spool.quarantined() == []
 
 
 def test_the_backlog_told_to_the_intake_counts_due_and_in_flight_entries(runner):

@@ -287,3 +287,117 @@ def test_the_expiry_marker_counts_only_on_a_failed_recipient(spool):
     assert first.state is PENDING and not first.expired     # a pending one never expired
     assert first.reply_text == "says (gave up after 5d)"
     assert second.reply_text == "said (gave up after 5d) itself"
+
+
+# ---------------------------------------------------------------- bad entries
+
+def _rewritten(spool, env, where: str, key: str, value) -> None:
+    """Write env's envelope with one field changed: of the envelope, or of its
+    first recipient (where="recipient"); value=KeyError removes the field."""
+    data = json.loads(env.to_json())
+    target = data if where == "envelope" else data["recipients"][0]
+    if value is KeyError:
+        del target[key]
+    else:
+        target[key] = value
+    spool.envelope_path(env.id).write_text(json.dumps(data))
+
+
+BAD_FIELDS = [
+    ("recipient", "next_attempt", None),         # issue 11: `serve` died with a TypeError
+    ("recipient", "next_attempt", "soon"),
+    ("recipient", "next_attempt", float("nan")),
+    ("recipient", "attempts", "3"),
+    ("recipient", "attempts", True),
+    ("recipient", "attempts", -1),
+    ("recipient", "address", 7),
+    ("recipient", "address", KeyError),
+    ("recipient", "reply_code", "550"),
+    ("recipient", "reply_enhanced", 5.1),
+    ("recipient", "expired", "no"),
+    ("recipient", "reported", 0),
+    ("recipient", "relay", None),
+    ("envelope", "created", "yesterday"),          # issue 11: delivered, crashed, again forever
+    ("envelope", "created", None),
+    ("envelope", "created", KeyError),
+    ("envelope", "sender", None),
+    ("envelope", "recipients", "x@remote.example"),
+    ("envelope", "recipients", ["x@remote.example"]),
+    ("envelope", "recipients", []),
+    ("envelope", "utf8", "yes"),
+    ("envelope", "origin", ["session"]),
+    ("envelope", "size", "12"),
+    ("envelope", "id", "0000DEADBEEF0000"),          # not the entry's own id
+]
+
+
+@pytest.mark.parametrize(("where", "key", "value"), BAD_FIELDS,
+                         ids=[f"{k}={v!r}" for _, k, v in BAD_FIELDS])
+def test_an_envelope_field_of_the_wrong_type_quarantines_the_entry(spool, caplog, where, key,
+                                                                   value):
+    good = enqueue(spool)
+    bad = enqueue(spool)
+    _rewritten(spool, bad, where, key, value)
+    with pytest.raises(ValueError):
+        spool.load(bad.id)
+    with caplog.at_level("ERROR", logger="mailbox_appliance"):
+        assert [e.id for e in spool.entries()] == [good.id]
+    assert sorted(os.listdir(spool.root / "bad")) == [f"{bad.id}.env", f"{bad.id}.msg"]
+    assert spool.ids() == [good.id] and spool.quarantined() == [bad.id]
+    [line] = [r.getMessage() for r in caplog.records]
+    assert f"event=quarantined msg={bad.id}" in line and key in line, line
+
+
+def test_every_envelope_field_that_may_be_missing_gets_its_default(spool):
+    """The fields a version added may be absent from what an older one wrote."""
+    env = enqueue(spool)
+    data = json.loads(env.to_json())
+    data = {k: data[k] for k in ("id", "sender", "recipients", "created")}
+    data["recipients"] = [{"address": r["address"]} for r in data["recipients"]]
+    spool.envelope_path(env.id).write_text(json.dumps(data))
+    [loaded] = spool.entries()
+    assert loaded.size is None and loaded.utf8 is False and loaded.origin == {}
+    assert [(r.state, r.attempts, r.next_attempt) for r in loaded.recipients] == \
+        [(PENDING, 0, 0.0), (PENDING, 0, 0.0)]
+
+
+def test_whole_numbers_are_accepted_where_times_are_kept(spool):
+    env = enqueue(spool)
+    _rewritten(spool, env, "envelope", "created", 1700000000)
+    assert spool.load(env.id).created == 1700000000
+
+
+def test_the_message_size_is_kept_and_checked_before_delivery(spool):
+    env = enqueue(spool, data=b"Subject: q\n\nbody\n")
+    loaded = spool.load(env.id)
+    assert loaded.size == len(b"Subject: q\n\nbody\n")
+    with spool.locked(env.id):
+        assert spool.load_for_delivery(env.id) == loaded
+    with open(spool.message_path(env.id), "r+b") as handle:     # a truncated message file
+        handle.truncate(10)
+    with spool.locked(env.id):
+        assert spool.load_for_delivery(env.id) is None
+    assert spool.ids() == [] and spool.quarantined() == [env.id]
+
+
+def test_an_envelope_without_a_size_is_delivered_as_it_is(spool):
+    """Entries queued by the previous version have no size: unknown, not bad."""
+    env = enqueue(spool)
+    _rewritten(spool, env, "envelope", "size", KeyError)
+    with open(spool.message_path(env.id), "ab") as handle:
+        handle.write(b"more\n")
+    with spool.locked(env.id):
+        loaded = spool.load_for_delivery(env.id)
+    assert loaded is not None and loaded.size is None and spool.quarantined() == []
+
+
+def test_a_bad_entry_that_cannot_be_moved_is_skipped_and_said_so(spool, caplog):
+    """`queue list` by a user who may read the queue but not change it."""
+    good = enqueue(spool)
+    bad = enqueue(spool)
+    _rewritten(spool, bad, "envelope", "created", "yesterday")
+    (spool.root / "bad").write_text("a file where the folder should be")
+    with caplog.at_level("ERROR", logger="mailbox_appliance"):
+        assert [e.id for e in spool.entries()] == [good.id]
+    assert spool.ids() == [good.id, bad.id]               # left where it was
+    assert f"event=quarantine_failed msg={bad.id}" in caplog.text
