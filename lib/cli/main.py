@@ -32,6 +32,8 @@ from .common import (
     find_config,
 )
 from .control import cmd_reload, cmd_status
+from .dnsrecords import cmd_dns_records
+from .keys import cmd_dkim_keygen
 from .queue_commands import cmd_queue
 from .sendmail import cmd_sendmail
 
@@ -229,6 +231,18 @@ def build_parser(script_dir: Path) -> argparse.ArgumentParser:
     gencert.add_argument("--days", type=int, default=825)
     gencert.add_argument("--force", action="store_true", help="replace existing files")
     gencert.set_defaults(run=cmd_gencert)
+
+    keygen = commands.add_parser("dkim-keygen", parents=[common],
+                                 help="make the missing DKIM keys and print their DNS records")
+    keygen.add_argument("domains", nargs="*", metavar="DOMAIN", help="default: every domain")
+    keygen.set_defaults(run=cmd_dkim_keygen)
+
+    records = commands.add_parser("dns-records", parents=[common],
+                                  help="the DNS records each domain should publish")
+    records.add_argument("domains", nargs="*", metavar="DOMAIN", help="default: every domain")
+    records.add_argument("--check", action="store_true", help="look each one up: ok, missing "
+                         "or differs; exit 1 unless every one is ok")
+    records.set_defaults(run=cmd_dns_records)
 
     reload = commands.add_parser(
         "reload", parents=[common],

@@ -33,6 +33,7 @@ def warnings(config: Config) -> list[str]:
     found += _read_after_switch(config)
     found += _root_reaches_a_mailbox(config)
     found += _dns_library(config)
+    found += _forwards_without_srs(config)
     return found
 
 
@@ -292,6 +293,24 @@ def _dns_library(config: Config) -> list[str]:
         return ["[relay] mode = mx needs the dnspython package for MX look-ups: "
                 "apt install python3-dnspython (or pip install dnspython)"]
     return []
+
+
+def _forwards_without_srs(config: Config) -> list[str]:
+    """A forward keeps the original sender, whose SPF does not list this server:
+    receivers that check SPF refuse or junk it unless it leaves with SRS."""
+    if config.relay.srs_secret:
+        return []
+    forwards = sorted({f"{key} -> {target}" for key, targets in config.aliases.items()
+                       for target in targets
+                       if "@" in target and target.rpartition("@")[2].lower()
+                       not in config.domains})
+    if not forwards:
+        return []
+    shown = ", ".join(forwards[:3]) + (", ..." if len(forwards) > 3 else "")
+    return [f"[aliases] forward to outside addresses ({shown}) but [relay] srs_secret is "
+            "not set: the forwarded mail keeps its sender, whose SPF does not list this "
+            "server, so receivers may refuse or junk it; set srs_secret to a random string "
+            "(e.g. from: openssl rand -hex 16)"]
 
 
 def _root_reaches_a_mailbox(config: Config) -> list[str]:

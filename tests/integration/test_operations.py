@@ -512,6 +512,7 @@ def test_the_readme_install_steps_in_a_scratch_root(public_folder, installed):
                         f"data_dir = {scratch / 'var' / 'lib' / 'mailbox-appliance'}")
     text = text.replace("user = mail ", "user = nobody ")
     text = text.replace("log = syslog ", f"log = {logs / 'mail.log'} ")
+    text = text.replace("\n[relay]\n", "\n[relay]\nsrs_secret = 5ca1ab1e5ca1ab1e\n")  # a forward
     listen_start, listen_end = text.index("\n[listen]\n"), text.index("\n[tls]\n")
     listen = f"\n[listen]\nsmtp = 127.0.0.1:{smtp}\npop3 = 127.0.0.1:{pop3}\n\n"
     text = text[:listen_start] + listen + text[listen_end:]
