@@ -21,6 +21,7 @@ RELOAD_STATUS = "reload.status"    # the running server's answer to the last rel
 OWNED_ENTRIES = frozenset({
     "mail", "queue",               # Maildirs; the outbound queue
     LOCK_FILE, RELOAD_STATUS,
+    "greylist.sqlite", "greylist.sqlite-wal", "greylist.sqlite-shm", "greylist.sqlite-journal",
     "lost+found",                  # a data_dir that is a file system of its own
 })
 # Folders that are never a data_dir: the server would make them the mail user's.
