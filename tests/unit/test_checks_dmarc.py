@@ -276,6 +276,13 @@ def test_a_second_from_cannot_hide_a_forged_one(resolver):
     assert "header.from=attacker.example" in result.auth
 
 
+def test_the_strictest_policy_of_the_failing_authors_applies(resolver):
+    resolver.publish_txt("_dmarc.quarantine.example", "v=DMARC1; p=quarantine")
+    msg = message("a@example.org, b@quarantine.example")
+    _, result = run(resolver, msg, spf_result="fail")
+    assert result.reply == DMARC_REJECTED.fill(domain="example.org")
+
+
 def test_no_from_address_is_permerror_not_a_refusal(resolver):
     _, result = run(resolver, message(""), spf_result="fail")
     assert result.result == "permerror" and not result.refuses

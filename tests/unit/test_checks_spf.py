@@ -5,6 +5,7 @@ DNS kept apart per thread."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -106,17 +107,30 @@ def test_every_question_is_bounded_by_the_budget(resolver):
     assert resolver.lifetimes and max(resolver.lifetimes) <= 3.0
 
 
-def test_pyspf_dns_follows_each_threads_own_resolver():
+class SlowResolver(StubResolver):
+    """Answers after a short pause, so that two threads' checks overlap."""
+
+    def records(self, name, rdtype, *, lifetime=5.0):
+        time.sleep(0.005)
+        return super().records(name, rdtype, lifetime=lifetime)
+
+
+def test_pyspf_dns_follows_each_threads_own_resolver(monkeypatch):
     """Two checks at once with resolvers that disagree: each sees its own DNS."""
-    allowing, refusing = StubResolver(), StubResolver()
-    allowing.publish_txt("example.org", f"v=spf1 ip4:{INSIDE} -all")
-    refusing.publish_txt("example.org", "v=spf1 -all")
+    spf._pyspf()                                     # pyspf's own look-up: never used here
+    monkeypatch.setattr(spf, "_library_lookup", lambda *args: pytest.fail(
+        f"pyspf asked DNS outside the check's resolver: {args}"))
+    allowing, refusing = SlowResolver(), SlowResolver()
+    for resolver in (allowing, refusing):                # two questions a check, a pause each
+        resolver.publish_txt("example.org", "v=spf1 include:inc.example -all")
+    allowing.publish_txt("inc.example", f"v=spf1 ip4:{INSIDE} -all")
+    refusing.publish_txt("inc.example", "v=spf1 -all")
     results: dict[str, list[str]] = {"allowing": [], "refusing": []}
     start = threading.Barrier(2)
 
     def work(name, resolver):
         start.wait()
-        for _ in range(30):
+        for _ in range(15):
             results[name].append(run(resolver, mode="tag").result)
 
     threads = [threading.Thread(target=work, args=("allowing", allowing)),
@@ -125,4 +139,4 @@ def test_pyspf_dns_follows_each_threads_own_resolver():
         thread.start()
     for thread in threads:
         thread.join(30)
-    assert results == {"allowing": ["pass"] * 30, "refusing": ["fail"] * 30}
+    assert results == {"allowing": ["pass"] * 15, "refusing": ["fail"] * 15}
