@@ -22,6 +22,7 @@ OWNED_ENTRIES = frozenset({
     "mail", "queue",               # Maildirs; the outbound queue
     "dkim",                        # DKIM keys: dkim/<domain>/<selector>.key
     LOCK_FILE, RELOAD_STATUS,
+    "greylist.sqlite", "greylist.sqlite-wal", "greylist.sqlite-shm", "greylist.sqlite-journal",
     "lost+found",                  # a data_dir that is a file system of its own
 })
 # Folders that are never a data_dir: the server would make them the mail user's.

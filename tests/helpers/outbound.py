@@ -1,7 +1,8 @@
 """A DNS server and sink SMTP servers on loopback, for the outbound tests.
 
-- `FakeDNS`: dnslib's DNSServer on 127.0.0.1 (a free UDP port) answering MX, A
-  and AAAA questions from a dict the test fills; NXDOMAIN for names it does
+- `FakeDNS`: dnslib's DNSServer on 127.0.0.1 (a free UDP port) answering MX, A,
+  AAAA and TXT questions from a dict the test fills (DNSBL zones, SPF, DKIM
+  keys and DMARC policies are A and TXT records); NXDOMAIN for names it does
   not know, NOERROR with no answer for a known name without that type,
   SERVFAIL (or no answer at all) for names the test marks so.
 - `Sink`: an aiosmtpd server on a loopback address, optionally with STARTTLS,
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, syntax
-from dnslib import AAAA, MX, QTYPE, RCODE, RR, A, DNSLabel
+from dnslib import AAAA, MX, QTYPE, RCODE, RR, TXT, A, DNSLabel
 from dnslib.server import BaseResolver, DNSError, DNSLogger, DNSServer
 
 from .net import HOST, free_port
@@ -44,6 +45,7 @@ class FakeDNS(BaseResolver):
         self.servfail: set[str] = set()
         self.silent: set[str] = set()          # no reply at all: the client times out
         self.queries: list[tuple[str, str]] = []
+        self.ttl = 60                          # of every answer (resolvers cache it so long)
         self._lock = threading.Lock()
         self._server: DNSServer | None = None
 
@@ -63,6 +65,14 @@ class FakeDNS(BaseResolver):
         self.records.setdefault(name.lower(), {})
         for address in addresses:
             self._add(name, "AAAA" if ":" in address else "A", address)
+
+    def txt(self, name: str, *values: str | bytes) -> None:
+        """TXT records, one per value; a value longer than 255 octets goes out as
+        several character-strings, as zone files split long DKIM keys."""
+        self.records.setdefault(name.lower(), {})
+        for value in values:
+            data = value.encode() if isinstance(value, str) else value
+            self._add(name, "TXT", [data[i:i + 255] for i in range(0, len(data), 255)] or [b""])
 
     def exists(self, name: str) -> None:
         """The name exists (NOERROR) but has no records of any asked type."""
@@ -96,14 +106,19 @@ class FakeDNS(BaseResolver):
                 rdata = MX(DNSLabel(exchange if exchange != "." else "."), preference)
             elif rtype == "A":
                 rdata = A(value)
+            elif rtype == "TXT":
+                rdata = TXT(value)
             else:
                 rdata = AAAA(value)
-            reply.add_answer(RR(question.qname, getattr(QTYPE, rtype), rdata=rdata, ttl=60))
+            reply.add_answer(RR(question.qname, getattr(QTYPE, rtype), rdata=rdata, ttl=self.ttl))
         return reply
 
     def start(self) -> FakeDNS:
         self._server = DNSServer(self, port=0, address=HOST, logger=QUIET_DNS)
-        self._server.start_thread()
+        # dnslib's start_thread polls every 0.5 s, which each stop() waits out
+        thread = threading.Thread(target=self._server.server.serve_forever,
+                                  kwargs={"poll_interval": 0.05}, daemon=True)
+        thread.start()
         return self
 
     @property
