@@ -144,21 +144,24 @@ def test_rspamd_soft_reject_and_greylist_defer(rspamd_daemon, tmp_path, header, 
     assert result.reason.startswith(f"action {action}, ")
 
 
-def test_rspamd_is_told_the_envelope(rspamd_daemon, tmp_path):
-    screened = Screened(client_ip="198.51.100.23", helo="helo.example.net", sender="",
+@pytest.mark.parametrize("sender", ["bounce@example.net", ""])
+def test_rspamd_is_told_the_envelope(rspamd_daemon, tmp_path, sender):
+    queue_id = f"ENV{time.monotonic_ns()}"
+    screened = Screened(client_ip="198.51.100.23", helo="helo.example.net", sender=sender,
                         recipients=("carol@example.org", "dave@example.org"),
-                        msg_id="ENVEL0PE1", hostname="mail.example.org")
+                        msg_id=queue_id, hostname="mail.example.org")
     result = rspamd.scan(stored(tmp_path), screened, rspamd_checks(rspamd_daemon), TIMEOUT)
     assert result.result == "ham"
     log = rspamd_daemon.folder / "rspamd.log"
 
-    def logged() -> str:
+    def logged() -> str:     # rspamd's one line per task names what it was told
         return next((line for line in log.read_text().splitlines()
-                     if "qid: <ENVEL0PE1>" in line and "rspamd_task_write_log" in line), "")
+                     if f"qid: <{queue_id}>" in line and "rspamd_task_write_log" in line), "")
     line = wait_until(logged, 10, what="rspamd's log line for the task",
                       detail=lambda: log.read_text()[-2000:])
-    assert "ip: 198.51.100.23" in line
+    assert "ip: 198.51.100.23," in line
     assert "rcpts: <carol@example.org,dave@example.org>" in line
+    assert ("from: <bounce@example.net>" in line) == bool(sender)
 
 
 # ---------------------------------------------------------------- clamd
