@@ -94,7 +94,7 @@ def exchange(sock: socket.socket, request: Iterable[bytes], deadline: Deadline,
     except TimeoutError:
         raise
     except OSError as error:
-        early = _read_what_is_there(sock, limit)
+        early = _read_what_is_there(sock, deadline, limit)
         if not early:
             raise error
         return early
@@ -114,11 +114,12 @@ def read_to_end(sock: socket.socket, deadline: Deadline, limit: int) -> bytes:
             raise Garbled(f"an answer longer than {limit} octets")
 
 
-def _read_what_is_there(sock: socket.socket, limit: int) -> bytes:
+def _read_what_is_there(sock: socket.socket, deadline: Deadline, limit: int) -> bytes:
     """What the daemon sent before hanging up, without waiting for more."""
     received = bytearray()
-    sock.settimeout(0.5)       # it is already closing: its answer is in our buffer
     try:
+        # it is already closing: its answer is in our buffer, or never comes
+        sock.settimeout(min(0.5, deadline.left()))
         while len(received) <= limit:
             data = sock.recv(CHUNK)
             if not data:
