@@ -83,3 +83,39 @@ def public_folder():
     folder.chmod(0o755)
     yield folder
     shutil.rmtree(folder, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- scanner daemons
+# The real spamd, rspamd and clamd (tests/helpers/daemons.py), each started once
+# per session (they take a while to start) and stopped by PID at its end.
+
+@pytest.fixture(scope="session")
+def spamd_daemon():
+    """A running spamd on 127.0.0.1 (its folder is under /tmp: spamd started as
+    root reads its config as `nobody`, who cannot enter pytest's folders)."""
+    from ..helpers.daemons import public_folder, start_spamd
+    folder = public_folder("mailbox-appliance-spamd-")
+    try:
+        daemon = start_spamd(folder / "spamd")
+        yield daemon
+        daemon.stop()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def rspamd_daemon(tmp_path_factory):
+    """A running rspamd whose normal worker listens on 127.0.0.1."""
+    from ..helpers.daemons import start_rspamd
+    daemon = start_rspamd(tmp_path_factory.mktemp("rspamd"))
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def clamd_daemon(tmp_path_factory):
+    """A running clamd on 127.0.0.1 and on a unix socket in its folder."""
+    from ..helpers.daemons import start_clamd
+    daemon = start_clamd(tmp_path_factory.mktemp("clamd"))
+    yield daemon
+    daemon.stop()
