@@ -80,9 +80,11 @@ class Greylist:
         self._next_prune = 0.0
 
     def check(self, client_ip: str, sender: str, recipient: str, *,
-              spf_pass: bool = False, record: bool = True) -> CheckResult:
+              spf_pass: bool = False, record: bool = True,
+              delay: float | None = None) -> CheckResult:
         """Greylist one recipient. `spf_pass`: SPF passed for the sender's domain.
-        `record=False` answers without changing the store (for `screen`)."""
+        `record=False` answers without changing the store (for `screen`).
+        `delay`: the config's greylist_delay now (a reload may change it)."""
         try:
             network = client_network(client_ip)
         except ValueError:
@@ -91,7 +93,8 @@ class Greylist:
         triplet = (network, normalise_sender(sender), recipient.lower())
         try:
             with self._lock:
-                return self._check(triplet, spf_pass, record)
+                return self._check(triplet, spf_pass, record,
+                                   self.delay if delay is None else delay)
         except (sqlite3.Error, OSError) as error:
             return CheckResult(CHECK, ERROR, f"greylist store {self.path}: {error}",
                                reply=LOCAL_ERROR)
@@ -104,7 +107,7 @@ class Greylist:
 
     # -- inside the lock
     def _check(self, triplet: tuple[str, str, str], spf_pass: bool,
-               record: bool) -> CheckResult:
+               record: bool, delay: float) -> CheckResult:
         db = self._connection()
         now = self._clock()
         described = "{} from {} to {}".format(*triplet)
@@ -129,7 +132,7 @@ class Greylist:
             return CheckResult(CHECK, PASS, f"{described}: known since it passed")
         first_seen = now if row is None else row[0]
         waited = now - first_seen
-        if row is not None and waited >= self.delay:
+        if row is not None and waited >= delay:
             if record:
                 self._write(db, "UPDATE triplets SET passed = ?, expires = ? WHERE "
                                 "network = ? AND sender = ? AND recipient = ?",
@@ -142,7 +145,7 @@ class Greylist:
             self._write(db, "INSERT OR REPLACE INTO triplets (network, sender, recipient, "
                             "first_seen, passed, expires) VALUES (?, ?, ?, ?, NULL, ?)",
                         (*triplet, now, now + RETRY_WINDOW))
-        seconds = max(1, math.ceil(self.delay - waited))
+        seconds = max(1, math.ceil(delay - waited))
         return CheckResult(CHECK, DEFERRED,
                            f"{described}: {'first seen' if row is None else 'retried'}, "
                            f"{seconds}s to wait", reply=GREYLISTED.fill(seconds=seconds))

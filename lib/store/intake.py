@@ -10,8 +10,10 @@ line, at commit time. `commit` returns only after every copy is fsync'd.
 
 from __future__ import annotations
 
+import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from .maildir import MaildirStore, TempMessage
 from .spool import Envelope, Recipient, Spool
 
 HEAD_SCAN_LIMIT = 256 * 1024          # look no further for the end of the header
+JUNK_FOLDER = ".Junk"                 # Maildir++ folder of tagged spam (IMAP's \Junk)
 _RECEIVED = re.compile(rb"^received:", re.IGNORECASE | re.MULTILINE)
 
 
@@ -47,6 +50,7 @@ class Accepted:
     id: str
     mailboxes: dict[str, str] = field(default_factory=dict)   # mailbox -> file name
     queue_id: str | None = None
+    junk: bool = False                  # the local copies went to the Junk folders
 
 
 def path_text(address: Address | None) -> str:
@@ -70,15 +74,64 @@ class Incoming:
         self.origin = origin
         self._return_path = b""
         if destinations.mailboxes:
-            self._temp: TempMessage = intake.store.begin(destinations.mailboxes[0])
             self._return_path = f"Return-Path: {path_text(sender)}\n".encode()
-            self._temp.write(self._return_path)
-        else:
-            self._temp = intake.spool.begin()
+        self._header = header
+        self._temp: TempMessage = self._new_temp()
+        self._temp.write(self._return_path)
         self._temp.write(header)
         self._head = bytearray()
         self._head_done = False
         self.hops = header.count(b"Received:")
+
+    def _new_temp(self) -> TempMessage:
+        if self.destinations.mailboxes:
+            return self._intake.store.begin(self.destinations.mailboxes[0])
+        return self._intake.spool.begin()
+
+    @property
+    def _prefix(self) -> int:
+        """Octets of our own lines (Return-Path, Received) before the client's."""
+        return len(self._return_path) + len(self._header)
+
+    def content(self) -> bytes:
+        """The message as the client sent it (LF line endings), without our lines:
+        what a DKIM verifier must see."""
+        self._temp.flush()
+        with open(self._temp.path, "rb") as file:
+            file.seek(self._prefix)
+            return file.read()
+
+    def rewrite(self, added: bytes, header: Callable[[bytes], bytes]) -> None:
+        """Put `added` (header fields, LF endings) above our Received: line and pass
+        the client's header through `header` (to drop what a stranger may not
+        claim): the screening's verdict, before the commit. The message is
+        written again as a new file, the body copied by the kernel."""
+        old = self._temp
+        old.flush()
+        source = os.open(old.path, os.O_RDONLY)
+        try:
+            start = self._prefix
+            window = os.pread(source, HEAD_SCAN_LIMIT, start)
+            end = 0 if window.startswith(b"\n") else window.find(b"\n\n") + 1
+            if end <= 0 and start + len(window) < old.size:
+                end = 0                              # no header end in sight: left as it is
+            elif end <= 0:
+                end = len(window)                    # a message that is all header
+            own_header = window[:end]
+            new = self._new_temp()
+            try:
+                for part in (self._return_path, added, self._header, header(own_header)):
+                    new.write(part)
+                skipped = self._return_path + self._header + own_header
+                new.copy_from(source, start + end, old.size - start - end,
+                              old.lines - skipped.count(b"\n"))
+            except BaseException:
+                new.discard()
+                raise
+        finally:
+            os.close(source)
+        old.discard()
+        self._temp = new
 
     def readable_path(self) -> Path:
         """The file as written so far, complete on disk (for the content filter)."""
@@ -103,8 +156,9 @@ class Incoming:
             self._head_done = True
             self._head = bytearray()
 
-    def commit(self) -> Accepted:
-        """The commit point: fsync'd into every Maildir and the queue, or an exception."""
+    def commit(self, junk: bool = False) -> Accepted:
+        """The commit point: fsync'd into every Maildir and the queue, or an exception.
+        `junk`: the local copies go to each mailbox's Junk folder (Maildir++ .Junk)."""
         if not self._head_done:
             self._scan_head(b"\n\n")
         accepted = Accepted(self.id)
@@ -124,7 +178,11 @@ class Incoming:
                 accepted.queue_id = intake.spool.commit(self._temp, envelope)
                 return accepted
         try:
-            accepted.mailboxes = intake.store.commit(self._temp, self.destinations.mailboxes)
+            targets = [f"{m}/{JUNK_FOLDER}" if junk else m for m in self.destinations.mailboxes]
+            committed = intake.store.commit(self._temp, targets)
+            accepted.mailboxes = {target.partition("/")[0]: name
+                                  for target, name in committed.items()}
+            accepted.junk = junk
         except BaseException:
             if accepted.queue_id:
                 with intake.spool.locked(accepted.queue_id, wait=True):

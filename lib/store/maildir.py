@@ -83,6 +83,30 @@ class TempMessage:
         else:
             write_all(self._fd, data)
 
+    def copy_from(self, source: int, offset: int, count: int, lines: int) -> None:
+        """Append `count` octets of file `source` from `offset` (holding `lines`
+        LFs), copied inside the kernel where it can (copy_file_range)."""
+        if count <= 0:
+            return
+        self.flush()
+        left, position = count, offset
+        while left > 0:
+            try:
+                done = os.copy_file_range(source, self._fd, left, position)
+            except OSError:                     # another file system, or no support
+                chunk = os.pread(source, min(left, READ_CHUNK), position)
+                done = len(chunk)
+                if done:
+                    write_all(self._fd, chunk)
+            if done <= 0:
+                raise OSError(errno.EIO, "the message file ended early")
+            left -= done
+            position += done
+        self.size += count
+        self.lines += lines
+        self._last = os.pread(source, 1, offset + count - 1)
+        self._synced = False
+
     def flush(self) -> None:
         """Hand buffered bytes to the file (so another program can read them)."""
         if self._pending:
@@ -139,6 +163,7 @@ class StoredMessage(NamedTuple):
         return os.path.join(self.folder, self.name)
 
 
+_SUBFOLDER = re.compile(r"\.[A-Za-z0-9][A-Za-z0-9._-]{0,100}\Z")   # Maildir++: .Junk, .A.B
 MAX_CREATE_ATTEMPTS = 5     # a unique name taken, or a tmp/ removed under us: try again
 
 
@@ -159,9 +184,13 @@ class MaildirStore:
     # ------------------------------------------------------------ layout
 
     def path(self, mailbox: str) -> Path:
-        if not mailbox or "/" in mailbox or mailbox in (".", "..") or "\0" in mailbox:
+        """A mailbox's Maildir; `name/.Folder` is its Maildir++ subfolder (e.g.
+        `alice/.Junk`, where the screening puts a stranger's spam)."""
+        name, slash, folder = mailbox.partition("/")
+        if not name or name in (".", "..") or "\0" in mailbox or \
+                (slash and not _SUBFOLDER.match(folder)):
             raise ValueError(f"unsafe mailbox name {mailbox!r}")
-        return self.root / mailbox
+        return self.root / name / folder if slash else self.root / name
 
     def ensure(self, mailbox: str) -> Path:
         """Create the Maildir (0700), or whichever of tmp/, new/ and cur/ is
@@ -175,8 +204,10 @@ class MaildirStore:
             for sub in ("", "tmp", "new", "cur"):
                 (base / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
                 self.syncer.forget(base / sub)
+            if "/" in mailbox:                      # Maildir++ marks its subfolders so
+                (base / "maildirfolder").touch(mode=0o600)   # (Courier, Dovecot)
             self.syncer.sync(base)
-            self.syncer.sync(self.root)
+            self.syncer.sync(base.parent)
         self._known.add(mailbox)
         return base
 
