@@ -22,6 +22,7 @@ from ..core.addresses import AddressError, parse_mailbox
 from ..core.errors import ConfigError
 from ..session.runtime import load_runtime
 from ..store import datadir
+from . import screen
 from .common import (
     CONFIG_ENV,
     EXIT_FAILURE,
@@ -252,6 +253,8 @@ def build_parser(script_dir: Path) -> argparse.ArgumentParser:
     status = commands.add_parser("status", parents=[common],
                                  help="is the server running? (its pid; exit 3 when not)")
     status.set_defaults(run=cmd_status)
+
+    screen.add_parser(commands, common)
 
     queue = commands.add_parser("queue", parents=[common], help="the outbound queue")
     queue.add_argument("action", choices=("list", "flush", "remove"))
