@@ -102,6 +102,13 @@ def to_duration(value: str) -> float:
     return seconds
 
 
+def to_delay(value: str) -> float:
+    """A duration that may be 0: a pause or a delay that can be turned off."""
+    if re.fullmatch(r"0+(?:\.0+)?\s*[smhdSMHD]?", value):
+        return 0.0
+    return to_duration(value)
+
+
 def to_duration_list(value: str) -> tuple[float, ...]:
     items = _split_list(value)
     if not items:
@@ -253,6 +260,9 @@ class LimitsSection:
     command_timeout: float
     auth_failures: Rate
     shutdown_grace: float
+    stress_timeout: float       # command_timeout near max_connections (Postfix's stress mode)
+    greet_pause: float          # a stranger on port 25 must wait this long for the 220
+    error_sleep: float          # each reply to a stranger past 10 errors waits this long
 
 
 @dataclass(frozen=True)
@@ -307,6 +317,9 @@ SCHEMA: dict[str, tuple[type, tuple[Key, ...]]] = {
         Key("command_timeout", to_duration, "5m"),
         Key("auth_failures", to_rate, "5/10m"),
         Key("shutdown_grace", to_duration, "10s"),
+        Key("stress_timeout", to_duration, "10s"),
+        Key("greet_pause", to_delay, "1s"),
+        Key("error_sleep", to_delay, "1s"),
     )),
     "policy": (PolicySection, (
         Key("trusted_networks", to_networks, "127.0.0.0/8, ::1/128"),
