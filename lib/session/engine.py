@@ -24,6 +24,8 @@ HARD_ERROR_LIMIT = 20     # more errors than this: the session is closed
 SOFT_ERROR_LIMIT = 10     # more than this: SMTP delays replies to strangers ([limits] error_sleep)
 OVERSHOOT_LIMIT = 1000    # refusals that are no error by themselves (452 past max_recipients,
                           # 530, 552, 454 ...) count as errors past this many in a session
+JUNK_COMMAND_LIMIT = 100  # commands that do nothing (NOOP, RSET ...) count as errors past
+                          # this many without a message; past 1 under stress (Postfix's)
 LOGGED_REFUSALS = 5       # one refusal is logged this often per session, then only counted
 
 
@@ -100,6 +102,14 @@ class ErrorBudget:
     def __init__(self):
         self.errors = 0
         self.refusals = 0         # refusals that did not count (yet)
+        self.junk = 0             # commands that do nothing
+
+    def junk_command(self, stressed: bool) -> bool:
+        """Count a command that does nothing (Postfix's smtpd_junk_command_limit):
+        a client must not hold its connection forever with NOOPs that each come
+        just in time. True when the budget is spent."""
+        self.junk += 1
+        return self.junk > (1 if stressed else JUNK_COMMAND_LIMIT) and self.error()
 
     def error(self) -> bool:
         """Count a client error; True when the budget is spent."""
@@ -117,7 +127,7 @@ class ErrorBudget:
 
     def forgive(self) -> None:
         """A message was accepted: earlier errors are forgiven, as Postfix does."""
-        self.errors = self.refusals = 0
+        self.errors = self.refusals = self.junk = 0
 
 
 class RefusalLog:

@@ -64,6 +64,8 @@ CLIENT_ERRORS = frozenset({500, 501, 502, 503, 504, 550, 553, 554, 555})
 # RFC 2920 3.1: these end a pipelined group; a client must wait for their reply
 # (QUIT too, but nothing after it matters). Postfix flags the same ones.
 LAST_IN_GROUP = frozenset({"EHLO", "HELO", "DATA", "NOOP", "VRFY", "EXPN", "TURN"})
+# commands that do nothing for the mail, limited by the error budget (Postfix's list)
+JUNK_COMMANDS = frozenset({"EHLO", "HELO", "RSET", "NOOP", "VRFY"})
 HTTP_VERBS = frozenset({"GET", "POST", "HEAD", "PUT", "CONNECT", "OPTIONS", "DELETE"})
 NOT_IMPLEMENTED_VERBS = frozenset({"EXPN", "TURN", "ETRN", "ATRN", "BDAT", "SEND", "SOML",
                                    "SAML"})
@@ -246,7 +248,11 @@ class SmtpSession(SessionBasics):
             step = command.run(self, argument)
         except Reject as reject:             # the one place a refusal becomes a reply
             step = Step([reject.reply])
-        return self._answer(step)
+        step = self._answer(step)
+        if verb in JUNK_COMMANDS and step.action is Action.NONE and \
+                self.budget.junk_command(self.services.connections.stressed):
+            return self._too_many_errors(step.replies)
+        return step
 
     def _out_of_sync(self, verb: str) -> Step:
         """RFC 2920 3.1: the client sent more before the reply to a command that must

@@ -14,6 +14,7 @@ from lib.core.replies import Reply
 from lib.log.events import EventLog, LineFormatter
 from lib.session.engine import (
     HARD_ERROR_LIMIT,
+    JUNK_COMMAND_LIMIT,
     LOGGED_REFUSALS,
     OVERSHOOT_LIMIT,
     Action,
@@ -1002,3 +1003,20 @@ def test_an_internal_error_that_repeats_counts_towards_the_error_limit(make, mon
         send(session, "MAIL FROM:<a@example.com>")           # the error dropped the transaction
     step = session.feed_line(b"RCPT TO:<alice@example.org>\r\n")
     assert [r.code for r in step.replies] == [451, 421] and step.action is Action.CLOSE
+
+
+def test_commands_that_do_nothing_count_past_the_junk_limit(make):
+    session = make(ip="10.0.0.1")
+    for number in range(JUNK_COMMAND_LIMIT + HARD_ERROR_LIMIT):
+        step = session.feed_line(b"NOOP\r\n")
+        assert step.replies == [replies.OK] and step.action is Action.NONE, number
+    assert session.budget.errors == HARD_ERROR_LIMIT
+    step = session.feed_line(b"RSET\r\n")
+    assert [r.code for r in step.replies] == [250, 421] and step.action is Action.CLOSE
+
+
+def test_under_stress_a_second_command_that_does_nothing_counts(make):
+    session = make()
+    session.services.connections.stressed = True
+    send(session, "EHLO x", "NOOP", "NOOP")
+    assert session.budget.errors == 2
