@@ -24,8 +24,9 @@ from ..helpers.net import HOST
 from ..helpers.waiting import wait_until
 
 STRANGER = "192.0.2.0/24"          # trusted networks that leave 127.0.0.1 a stranger
-SLOW = 0.6                         # seconds between the bytes of a trickling client
-TRICKLE_FOR = 8.0                  # how long a trickle goes on before the test gives up
+TIMEOUT = "command_timeout = 1s\n"  # what the slowloris tests give a command
+SLOW = 0.3                         # seconds between the bytes of a trickling client
+TRICKLE_FOR = 6.0                  # how long a trickle goes on before the test gives up
 
 
 def trickle(client, data: bytes, every: float = SLOW, limit: float = TRICKLE_FOR) -> float:
@@ -57,21 +58,21 @@ def open_data(client: SmtpClient) -> None:
 # ---------------------------------------------------------------- 1. slowloris
 
 def test_a_command_line_trickled_byte_by_byte_is_cut_off(servers, raw_smtp):
-    server = servers(limits="command_timeout = 2s\n")
+    server = servers(limits=TIMEOUT)
     client = raw_smtp(server)
     client.greet()
-    took = trickle(client, b"NOOP\r\n" * 10)      # each line takes 3 s: never in time
-    assert took < 4.0, took
+    took = trickle(client, b"NOOP\r\n" * 10)      # each line takes 1.5 s: never in time
+    assert took < 3.0, took
     assert client.buf.startswith(replies.TIMEOUT.fill(host="mail.example.org").to_bytes())
     assert b"250" not in client.buf
 
 
 def test_data_trickled_below_the_minimum_rate_is_cut_off(servers, raw_smtp):
-    server = servers(limits="command_timeout = 2s\n")
+    server = servers(limits=TIMEOUT)
     client = raw_smtp(server)
     open_data(client)
     took = trickle(client, b"Subject: slow\r\n\r\n" + b"x" * 100)
-    assert took < 4.0, took
+    assert took < 3.0, took
     assert client.buf.startswith(b"421 4.4.2 ")
     assert server.messages("alice") == []
 
@@ -82,8 +83,8 @@ def test_a_slow_link_that_keeps_up_the_rate_is_not_cut_off(servers, raw_smtp):
     client = raw_smtp(server)
     open_data(client)
     started = time.monotonic()
-    while time.monotonic() - started < 4.0:       # 2 KB every 0.5 s: 4 KB/s
-        client.send(b"y" * 78 + b"\r\n" * 1 + (b"z" * 78 + b"\r\n") * 24)
+    while time.monotonic() - started < 3.0:       # 2 KB every 0.5 s: 4 KB/s
+        client.send((b"z" * 78 + b"\r\n") * 25)
         time.sleep(0.5)
     client.send(b".\r\n")
     client.expect(replies.ACCEPTED)
@@ -91,11 +92,11 @@ def test_a_slow_link_that_keeps_up_the_rate_is_not_cut_off(servers, raw_smtp):
 
 
 def test_a_pop3_command_trickled_byte_by_byte_is_cut_off(servers):
-    server = servers(listen={"pop3": "127.0.0.1:0"}, limits="command_timeout = 2s\n")
+    server = servers(listen={"pop3": "127.0.0.1:0"}, limits=TIMEOUT)
     with Pop3Client(server.port("pop3")) as client:
         client.greeting()
         took = trickle(client, b"CAPA\r\n" * 10)
-        assert took < 4.0, took
+        assert took < 3.0, took
         assert client.buf.startswith(replies.POP_TIMEOUT.to_bytes()), client.buf[:100]
 
 
@@ -185,12 +186,12 @@ def test_past_ten_errors_every_reply_to_a_stranger_waits(servers, raw_smtp):
     client.greet()
     assert client.cmd("MAIL FROM:<sender@example.com>").code == 250
     took = []
-    for number in range(12):
+    for number in range(11):
         started = time.monotonic()
         client.cmd(f"RCPT TO:<probe{number}@example.org>").assert_is(replies.NO_SUCH_USER)
         took.append(time.monotonic() - started)
     assert max(took[:10]) < 0.5, took
-    assert min(took[10:]) >= 0.9, took
+    assert took[10] >= 0.9, took
 
 
 def test_probing_addresses_gets_twenty_answers_a_connection_at_a_crawl(servers, raw_smtp):
