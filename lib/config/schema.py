@@ -32,6 +32,7 @@ from .values import (  # noqa: F401  (HostPort, Rate, format_duration: re-export
     to_algorithms,
     to_choice,
     to_command,
+    to_delay,
     to_delimiter,
     to_duration,
     to_duration_list,
@@ -107,6 +108,9 @@ class LimitsSection:
     command_timeout: float
     auth_failures: Rate
     shutdown_grace: float
+    stress_timeout: float       # command_timeout near max_connections (Postfix's stress mode)
+    greet_pause: float          # a stranger on port 25 must wait this long for the 220
+    error_sleep: float          # each reply to a stranger past 10 errors waits this long
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,9 @@ SCHEMA: dict[str, tuple[type, tuple[Key, ...]]] = {
         Key("command_timeout", to_duration, "5m"),
         Key("auth_failures", to_rate, "5/10m"),
         Key("shutdown_grace", to_duration, "10s"),
+        Key("stress_timeout", to_duration, "10s"),
+        Key("greet_pause", to_delay, "1s"),
+        Key("error_sleep", to_delay, "1s"),
     )),
     "policy": (PolicySection, (
         Key("trusted_networks", to_networks, "127.0.0.0/8, ::1/128"),

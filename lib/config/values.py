@@ -87,6 +87,13 @@ def to_duration(value: str) -> float:
     return seconds
 
 
+def to_delay(value: str) -> float:
+    """A duration that may be 0: a pause or a delay that can be turned off."""
+    if re.fullmatch(r"0+(?:\.0+)?\s*[smhdSMHD]?", value):
+        return 0.0
+    return to_duration(value)
+
+
 def to_duration_list(value: str) -> tuple[float, ...]:
     items = split_list(value)
     if not items:

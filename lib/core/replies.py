@@ -105,6 +105,8 @@ SENDER_NOT_OWNED = Reply(553, "5.7.1", "Sender address rejected: not owned by us
 NEEDS_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address requires the SMTPUTF8 extension")
 RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
 NO_VALID_RECIPIENTS = Reply(554, "5.5.1", "No valid recipients")
+# a client that talked before the greeting or pipelined where RFC 2920 forbids it (Postfix's words)
+PROTOCOL_SYNC = Reply(554, "5.5.0", "Error: SMTP protocol synchronization")
 TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many hops: mail loop detected")
 DATA_LINE_TOO_LONG = Reply(554, "5.6.0", "Message has a line longer than 998 characters "
                                          "(RFC 5322 2.1.1)")

@@ -17,7 +17,8 @@ iterator); QUIT renames and unlinks files and fsyncs the Maildir; close
 releases the lock. Its events go to the EventLog it is given.
 
 Refusals are raised as Reject and answered in one place (`_feed_line`);
-the syntax and sequence errors in COUNTED also count towards MAX_BAD_COMMANDS.
+the syntax and sequence errors in COUNTED count towards the error budget
+(session.engine.ErrorBudget), other refusals only past its overshoot limit.
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ from ..core import passwords, replies, wire
 from ..core.errors import Reject
 from ..core.replies import PopContinue, PopReply
 from ..log.events import EventLog
-from ..session.engine import Action, ClientInfo, SessionBasics, Step
+from ..session.engine import HARD_ERROR_LIMIT, Action, ClientInfo, SessionBasics, Step
 from ..session.runtime import Runtime, Services
 from ..store.maildir import MailboxBusy, MailboxLock, StoredMessage
 
-MAX_BAD_COMMANDS = 20        # then -ERR and close, as SMTP does
+MAX_BAD_COMMANDS = HARD_ERROR_LIMIT    # then -ERR and close, as SMTP does
 # refusals that count towards it: syntax and sequence errors
 COUNTED = frozenset({replies.POP_UNKNOWN_COMMAND, replies.POP_WRONG_STATE,
                      replies.POP_NUL_IN_COMMAND, replies.POP_USER_NEEDS_NAME,
@@ -72,7 +73,6 @@ class Pop3Session(SessionBasics):
         self.messages: list[StoredMessage] = []
         self.deleted: set[int] = set()             # 0-based indexes
         self.retrieved: set[int] = set()
-        self.bad_commands = 0
         self._lock: MailboxLock | None = None
 
     # ------------------------------------------------------------ what the handler asks
@@ -82,13 +82,20 @@ class Pop3Session(SessionBasics):
     def feed_data(self, chunk: bytes) -> Step:
         raise RuntimeError("POP3 has no DATA phase; use feed_line")
 
+    greet_pause = 0.0             # POP3 clients may talk first (RFC 2449 PIPELINING)
+
     @property
     def max_line(self) -> int:
         return wire.MAX_SASL_LINE if self.state is State.AUTH else wire.MAX_POP3_LINE
 
+    @property
+    def idle(self) -> bool:
+        """Between commands and not inside AUTH: marked deletions are only marks."""
+        return self.state is not State.AUTH
+
     # ------------------------------------------------------------ events
 
-    def greeting(self) -> Step:
+    def greeting(self, early: bytes = b"") -> Step:
         self.log.info("connect", client=f"{self.client.ip}:{self.client.port}",
                       listener=self.client.listener, tls=self.tls.version if self.tls else None)
         return self._say(Step([replies.POP_GREETING]))
@@ -120,6 +127,7 @@ class Pop3Session(SessionBasics):
         if self.state is State.CLOSED:
             return
         self._end_auth()
+        self.refusal_log.summarise()
         if self.mailbox is not None and reason != "quit":
             self.log.info("disconnect", reason=reason, user=self.mailbox,
                           retrieved=len(self.retrieved), kept_marked=len(self.deleted) or None)
@@ -135,13 +143,15 @@ class Pop3Session(SessionBasics):
 
     # ------------------------------------------------------------ input
 
-    def feed_line(self, line: bytes) -> Step:
+    def feed_line(self, line: bytes, more_input: bool = False) -> Step:
+        """One command line; POP3 allows pipelining, so `more_input` changes nothing."""
         try:
             return self._feed_line(line)
         except Exception:                    # a bug: answer, keep the session usable
             self.log.exception("internal_error", state=self.state.value, user=self.mailbox)
             self._end_auth()
-            return self._say(Step([replies.POP_SYS_TEMP]))
+            # counted: a client that can trigger a bug must not do it forever
+            return self._error(replies.POP_SYS_TEMP)
 
     def _feed_line(self, line: bytes) -> Step:
         if self.state is State.CLOSED:
@@ -165,19 +175,28 @@ class Pop3Session(SessionBasics):
         except Reject as reject:                 # the one place a refusal becomes a reply
             if reject.reply in COUNTED:
                 return self._error(reject.reply)
-            return self._say(Step([reject.reply]))
+            return self._answer_refusal(reject.reply)
         except OSError as error:                 # the Maildir went away or the disk failed
             self.log.exception("pop3_error", user=self.mailbox, error=str(error))
-            return self._say(Step([replies.POP_SYS_TEMP]))
+            return self._answer_refusal(replies.POP_SYS_TEMP)
 
     def _error(self, reply: PopReply) -> Step:
         """A syntax or sequence error: counted, and after too many the connection closes."""
-        self.bad_commands += 1
-        if self.bad_commands > MAX_BAD_COMMANDS:
-            self.log.warning("too_many_errors", count=self.bad_commands)
-            self.close("too many errors")
-            return self._say(Step([reply, replies.POP_TOO_MANY_ERRORS], Action.CLOSE))
+        if self.budget.error():
+            return self._too_many_errors(reply)
         return self._say(Step([reply]))
+
+    def _answer_refusal(self, reply: PopReply) -> Step:
+        """Any other -ERR: it counts only past the overshoot limit."""
+        if self.budget.refusal():
+            return self._too_many_errors(reply)
+        return self._say(Step([reply]))
+
+    def _too_many_errors(self, reply: PopReply) -> Step:
+        self.log.warning("too_many_errors", count=self.budget.errors,
+                         refusals=self.budget.refusals or None)
+        self.close("too many errors")
+        return self._say(Step([reply, replies.POP_TOO_MANY_ERRORS], Action.CLOSE))
 
     def _masked(self, text: bytes) -> str:
         """The line for the debug log, with passwords and SASL data replaced by ****."""
@@ -247,7 +266,7 @@ class Pop3Session(SessionBasics):
         try:
             name, secret = passwords.decode_plain(passwords.b64decode_response(text))
         except passwords.SaslError as error:
-            self.bad_commands += 1            # counted, though never the one that closes
+            self.budget.errors += 1           # counted, though never the one that closes
             raise Reject(replies.POP_BAD_CREDENTIALS.fill(detail=str(error))) from None
         return self._login("PLAIN", name, secret)
 
@@ -259,9 +278,10 @@ class Pop3Session(SessionBasics):
     def _login(self, method: str, name: str, secret: str) -> Step:
         result = self.services.auth.login(self.router, self.client.ip, name, secret)
         if result.mailbox is None:
-            self.log.warning("login_failed", method=method, user=name[:64], reason=result.reason,
-                             client=self.client.ip)
-            raise Reject(replies.POP_AUTH_LOCKED if result.locked else replies.POP_AUTH_FAILED)
+            raise self._refuse(replies.POP_AUTH_LOCKED if result.locked else
+                                replies.POP_AUTH_FAILED, "login_failed", level="warning",
+                                method=method, user=name[:64], reason=result.reason,
+                                client=self.client.ip)
         try:
             self._lock = self.store.lock(result.mailbox)
         except MailboxBusy:

@@ -259,12 +259,20 @@ class Daemon:
         self._servers.clear()
 
     def stop(self) -> None:
-        """Stop accepting; give sessions `shutdown_grace` to finish; then 421 the rest."""
-        for server in self._servers.values():
-            server.shutdown()
+        """Stop accepting; idle sessions are told 421 / -ERR at once (DESIGN 6,
+        Shutdown), those with a message in flight get `shutdown_grace` to
+        finish; then the rest are told too."""
+        connections = self.services.connections
+        connections.drain()          # newcomers refused, idle sessions end within a poll
+        # Every accept loop takes up to its poll interval to notice: stop them side by side.
+        stoppers = [threading.Thread(target=server.shutdown, daemon=True)
+                    for server in self._servers.values()]
+        for stopper in stoppers:
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join()
         self.close_listeners()
         grace = self.runtime.config.limits.shutdown_grace
-        connections = self.services.connections
         deadline = time.monotonic() + grace
         while connections.total > 0 and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -359,7 +367,12 @@ def _import_before_dropping_root(config: Config) -> None:
     """Load the modules used later on, while the interpreter's files are surely
     readable: after switching user, a Python installed under a private home
     (pyenv under /root) could no longer import them."""
-    import encodings.idna  # noqa: F401  (international domains)
+    # International domains: the idna codec imports stringprep and unicodedata,
+    # and looks up the punycode codec (encodings.punycode) on first use. Using
+    # both ways once loads all of them and caches the codec look-ups.
+    import encodings.idna  # noqa: F401
+    import encodings.punycode  # noqa: F401
+    "bücher.example".encode("idna").decode("idna")
     if config.relay.mode == "mx":
         try:
             import dns.nameserver  # noqa: F401

@@ -24,9 +24,9 @@ class LineReader:
         # recv_into one reused buffer: a fresh bytes object of RECV_SIZE per recv()
         # would cost an mmap and munmap every time.
         self._scratch = memoryview(bytearray(recv_size))
-        # wait(first) is called before each read and whenever a read comes back
-        # empty-handed (a socket with a receive timeout): it may raise to end
-        # the wait (timeout, shutdown).
+        # wait(first) is called before each read (first=True) and whenever a read
+        # comes back empty-handed (a socket with a receive timeout): it may raise
+        # to end the wait (deadline, shutdown). Without it a timeout is retried.
         self.wait = wait
 
     def _recv(self) -> memoryview | None:
@@ -38,8 +38,8 @@ class LineReader:
             first = False
             try:
                 count = self.sock.recv_into(self._scratch)
-            except BlockingIOError:          # the socket's receive timeout: ask again
-                continue
+            except (BlockingIOError, TimeoutError):   # a receive timeout (kernel's or
+                continue                              # ssl's): ask wait() again
             if not count:
                 return None
             return self._scratch[:count]

@@ -1,26 +1,37 @@
 """The only socket code: one ThreadingTCPServer per listening address, connection
 caps, TLS wrapping, and thin handlers that move bytes between a socket and a
-protocol session.
+protocol session, with the deadlines a client must keep.
 
 Every read and write of a connection happens in its own thread: the accept
 loop only admits or refuses (a 421 written without blocking), and TLS
 handshakes run in the connection's thread. A handler waits for input in
 short polls so it notices a shutdown without another thread touching its
 socket (an SSL object must not be used from two threads at once).
+
+Deadlines are Postfix's (smtpd_per_request_deadline, smtpd_min_data_rate),
+not a timeout per read: a command line must arrive whole within
+command_timeout of its first byte, however it trickles in, and DATA must
+keep up MIN_DATA_RATE; under stress (near the connection caps) the client
+gets stress_timeout instead. A session that is idle when the server stops
+is told so at once; one with a message in flight gets shutdown_grace.
 """
 
 from __future__ import annotations
 
+import fcntl
 import select
 import socket
 import socketserver
 import ssl
 import struct
+import termios
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
-from ..config.schema import IMPLICIT_TLS_KINDS, HostPort
+from ..checks.connections import ConnectionTracker
+from ..config.schema import IMPLICIT_TLS_KINDS, HostPort, LimitsSection
 from ..config.tls import info_of
 from ..core import replies
 from ..log.events import EventLog
@@ -30,10 +41,13 @@ from ..session.runtime import Runtime, Services
 from ..smtp.session import SmtpSession
 from .linereader import LineReader, LineTooLong
 
-POLL_SECONDS = 0.5          # how often an idle connection checks for shutdown
+POLL_SECONDS = 0.5          # how often a waiting connection checks for shutdown and deadlines
+PAUSE_SLICE = 0.1           # a tarpit delay sleeps in slices this long, so a shutdown ends it
 HANDSHAKE_SECONDS = 60.0    # a TLS handshake gets this long, however long command_timeout is
 SEND_BATCH = 256 * 1024     # queued output beyond this is sent before more is read from disk
 LISTEN_BACKLOG = 1024       # a burst of connections waits in the kernel, not refused
+MIN_DATA_RATE = 500         # octets/s that DATA must keep up (Postfix's smtpd_min_data_rate)
+PREGREET_PEEK = 100         # octets of an early talker's input kept for the log
 
 
 class App(Protocol):
@@ -67,6 +81,9 @@ class MailServer(socketserver.ThreadingTCPServer):
         self.label = f"{kind} {address}"
         self.address_family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
         self.log = EventLog("listener", listener=kind)
+        # client addresses holding one of the strangers' slots, so that close() is
+        # told what open() was (set operations are atomic; one thread per address)
+        self._strangers: set[tuple] = set()
         super().__init__((address.host, address.port), handler)
 
     def server_bind(self) -> None:
@@ -82,15 +99,21 @@ class MailServer(socketserver.ThreadingTCPServer):
 
     def process_request(self, request, client_address) -> None:
         ip = client_address[0]
-        refusal = self.app.services.connections.open(ip, self.app.runtime.config)
+        config = self.app.runtime.config
+        connections = self.app.services.connections
+        stranger = connections.counts_as_stranger(self.kind, ip, config)
+        refusal = connections.open(ip, config, stranger)
         if refusal is not None:
             self.log.warning("refused", client=ip, reason=refusal.text.split(" ", 1)[1])
             self._refuse(request, refusal)
             return
+        if stranger:
+            self._strangers.add(client_address)
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self.app.services.connections.close(ip)
+            self._strangers.discard(client_address)
+            connections.close(ip, stranger)
             raise
 
     def _refuse(self, request: socket.socket, refusal: replies.Reply) -> None:
@@ -114,7 +137,9 @@ class MailServer(socketserver.ThreadingTCPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.app.services.connections.close(client_address[0])
+            stranger = client_address in self._strangers
+            self._strangers.discard(client_address)
+            self.app.services.connections.close(client_address[0], stranger)
 
     def handle_error(self, request, client_address) -> None:
         self.log.exception("handler_crashed", client=client_address[0])
@@ -126,14 +151,20 @@ def _timeval(seconds: float) -> bytes:
 
 
 class Connection:
-    """A client socket with the reader, the output buffer and the waiting logic."""
+    """A client socket with the reader, the output buffer and the deadlines."""
 
-    def __init__(self, sock: socket.socket, app: App, timeout: float):
+    def __init__(self, sock: socket.socket, app: App, limits: LimitsSection,
+                 idle: Callable[[], bool]):
         self.sock = sock
         self.app = app
-        self.timeout = timeout
+        self.limits = limits
+        self.timeout = limits.command_timeout
+        self._engine_idle = idle          # the engine's `idle` property
         self.reader = LineReader(sock, wait=self._wait)
-        self._deadline = 0.0
+        self._deadline = 0.0              # the request being read must be in by then
+        self._since = 0.0                 # when that deadline was set or last earned
+        self._line_started = False        # the first bytes of the command line being read are in
+        self._in_data = False             # reading DATA: the deadline grows with what arrives
         self._out: list[bytes] = []
         self.pending = 0                  # octets queued in _out
         self.dropped_before_tls = 0
@@ -144,6 +175,10 @@ class Connection:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
             pass
+
+    @property
+    def connections(self) -> ConnectionTracker:
+        return self.app.services.connections
 
     def _set_timeouts(self, sock: socket.socket) -> None:
         """How reads wait. A plain socket is left blocking with kernel timeouts:
@@ -159,30 +194,110 @@ class Connection:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(POLL_SECONDS))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(self.timeout))
 
-    def _wait(self, first: bool) -> None:
-        """Called by the reader before and between reads: raise socket.timeout
-        after the command timeout, StopNow when the daemon closes connections."""
-        if first:
-            self._deadline = time.monotonic() + self.timeout
+    # ------------------------------------------------------------ reading, with deadlines
+
+    def read_command(self, limit: int) -> bytes:
+        """One command line (b"" when the client has gone): it must arrive whole
+        within command_timeout of its first byte, and that byte within
+        command_timeout, however slowly the line trickles in."""
+        self._in_data = False
+        self._restart_deadline()
+        self._line_started = self.reader.has_buffered()    # pipelined: part of it is here
+        return self.reader.readline(limit)
+
+    def read_data(self) -> bytes:
+        """A chunk of DATA (b"" when the client has gone). The deadline starts at
+        command_timeout; each octet that arrives adds 1/MIN_DATA_RATE s, never
+        beyond command_timeout from now: a client trickling its message is cut
+        off, a slow link that keeps up the rate is not."""
+        if not self._in_data:
+            self._in_data = True
+            self._restart_deadline()
+        chunk = self.reader.read_chunk()
+        now = time.monotonic()
+        self._deadline = min(self._deadline + len(chunk) / MIN_DATA_RATE, now + self.timeout)
+        self._since = now
+        return chunk
+
+    def input_waiting(self) -> bool:
+        """Has the client sent more than what was read (before our answer)?"""
+        if self.reader.has_buffered():
+            return True
+        try:
+            queued = fcntl.ioctl(self.sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+        except OSError:
+            return False
+        return struct.unpack("i", queued)[0] > 0
+
+    def talked_first(self, seconds: float) -> bytes:
+        """Postfix's pregreet test: listen `seconds` before the greeting and return
+        what the client sent meanwhile (b"" from a client that waits, as it must)."""
         if isinstance(self.sock, ssl.SSLSocket):
-            self._poll_until_readable()
+            return b""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            if self.app.closing.is_set() or self.connections.draining:
+                return b""
+            if self._poller.poll(min(left, POLL_SECONDS) * 1000):
+                return self.sock.recv(PREGREET_PEEK, socket.MSG_PEEK)   # b"": it hung up
+        return b""
+
+    def pause(self, seconds: float) -> None:
+        """The tarpit: wait before answering, in short slices so that a shutdown ends it."""
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            if self.app.closing.is_set() or self.connections.draining:
+                return
+            time.sleep(min(left, PAUSE_SLICE))
+
+    @property
+    def idle(self) -> bool:
+        """Nothing in flight: the engine is between commands and no part of the next is here."""
+        return not self._in_data and self._engine_idle() and not self.reader.has_buffered()
+
+    def _restart_deadline(self) -> None:
+        self._since = time.monotonic()
+        self._deadline = self._since + self.timeout
+
+    def _current_deadline(self) -> float:
+        """The deadline; under stress, stress_timeout from the last progress if sooner."""
+        if self.connections.stressed:
+            return min(self._deadline, self._since + self.limits.stress_timeout)
+        return self._deadline
+
+    def _wait(self, first: bool) -> None:
+        """Called by the reader before each read (`first`) and whenever a read came
+        back empty-handed: raise TimeoutError past the deadline, StopNow when the
+        daemon closes connections (an idle session's only after a quiet poll, so
+        that a client answering our last reply is still heard)."""
+        if not self._line_started and not self._in_data and self.reader.has_buffered():
+            self._line_started = True       # the line's first bytes: now it must come whole
+            self._restart_deadline()
+        if isinstance(self.sock, ssl.SSLSocket):
+            self._poll_until_readable(first)
             return
+        self._check(first)
+
+    def _check(self, first: bool) -> None:
         if self.app.closing.is_set():
             raise StopNow()
-        if time.monotonic() >= self._deadline:
+        if not first and self.connections.draining and self.idle:
+            raise StopNow()
+        if time.monotonic() >= self._current_deadline():
             raise TimeoutError("command timeout")
 
-    def _poll_until_readable(self) -> None:
+    def _poll_until_readable(self, first: bool) -> None:
         sock = self.sock
         if isinstance(sock, ssl.SSLSocket) and sock.pending():   # decrypted bytes inside ssl
             return
         while True:
-            if self.app.closing.is_set():
-                raise StopNow()
-            remaining = self._deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError("command timeout")
-            if self._poller.poll(min(remaining, POLL_SECONDS) * 1000):
+            self._check(first)
+            first = False
+            remaining = self._current_deadline() - time.monotonic()
+            if self._poller.poll(max(0.0, min(remaining, POLL_SECONDS)) * 1000):
+                # A TLS record may come in pieces: the read waits one slice at most,
+                # then the reader asks again (and the deadline is checked).
+                sock.settimeout(POLL_SECONDS)
                 return
 
     def queue(self, data: bytes) -> None:
@@ -194,6 +309,8 @@ class Connection:
             data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
             self._out.clear()
             self.pending = 0
+            if isinstance(self.sock, ssl.SSLSocket):
+                self.sock.settimeout(self.timeout)     # reads shortened it to a slice
             self.sock.sendall(data)
 
     def start_tls(self, context: ssl.SSLContext) -> ssl.SSLSocket:
@@ -234,7 +351,7 @@ class SessionHandler(socketserver.BaseRequestHandler):
             if runtime.tls is None:            # the config refuses such a listener without [tls]
                 raise RuntimeError(f"{kind} listener without a TLS context")
             try:
-                sock.settimeout(min(runtime.config.limits.command_timeout, HANDSHAKE_SECONDS))
+                sock.settimeout(self._handshake_timeout(runtime.config.limits))
                 sock = runtime.tls.wrap_socket(sock, server_side=True)
             except (OSError, ssl.SSLError) as error:
                 EventLog(engine.component).info("tls_failed", client=ip, listener=kind,
@@ -243,7 +360,7 @@ class SessionHandler(socketserver.BaseRequestHandler):
             tls = info_of(sock)
         session = engine(runtime, app.services, ClientInfo(ip=ip, port=port, listener=kind,
                                                            tls=tls))
-        conn = Connection(sock, app, runtime.config.limits.command_timeout)
+        conn = Connection(sock, app, runtime.config.limits, lambda: session.idle)
         try:
             self._converse(conn, session, runtime)
         except ClientGone as gone:
@@ -257,9 +374,17 @@ class SessionHandler(socketserver.BaseRequestHandler):
             except OSError:
                 pass
 
+    def _handshake_timeout(self, limits: LimitsSection) -> float:
+        if self.server.app.services.connections.stressed:
+            return min(limits.command_timeout, limits.stress_timeout, HANDSHAKE_SECONDS)
+        return min(limits.command_timeout, HANDSHAKE_SECONDS)
+
     def _converse(self, conn: Connection, session: Engine, runtime: Runtime) -> None:
-        step = session.greeting()
+        early = conn.talked_first(session.greet_pause) if session.greet_pause else b""
+        step = session.greeting(early)
         while True:
+            if step.delay:
+                conn.pause(step.delay)
             for reply in step.replies:
                 conn.queue(reply.to_bytes())
             if step.body is not None:
@@ -290,17 +415,17 @@ class SessionHandler(socketserver.BaseRequestHandler):
     def _next_step(self, conn: Connection, session: Engine) -> Step:
         try:
             if session.receiving_data:
-                chunk = conn.reader.read_chunk()
+                chunk = conn.read_data()
                 if not chunk:
                     raise ClientGone("client disconnected during DATA")
                 return session.feed_data(chunk)
             try:
-                line = conn.reader.readline(session.max_line)
+                line = conn.read_command(session.max_line)
             except LineTooLong:
                 return session.line_too_long()
             if not line:
                 raise ClientGone("client disconnected")
-            return session.feed_line(line)
+            return session.feed_line(line, conn.input_waiting())
         except TimeoutError:
             return session.timeout()
         except StopNow:

@@ -24,6 +24,13 @@ in one place too (`_end_auth`).
 Extensions: SIZE (RFC 1870), PIPELINING (2920), 8BITMIME (6152),
 ENHANCEDSTATUSCODES (2034/3463), STARTTLS (3207), AUTH PLAIN LOGIN (4954),
 SMTPUTF8 (6531).
+
+Abuse (as Postfix's smtpd): errors and refusals are counted against an error
+budget (session.engine.ErrorBudget); a stranger (neither trusted nor logged
+in) past the soft limit gets every reply delayed by [limits] error_sleep (the
+Step's delay: the handler waits), and one who talks before the greeting on
+port 25 or pipelines past a command that must end a group (RFC 2920 3.1) is
+refused with 554 5.5.0 and disconnected.
 """
 
 from __future__ import annotations
@@ -43,16 +50,22 @@ from ..core.addresses import Address, AddressError, parse_path
 from ..core.errors import Reject
 from ..core.replies import Reply
 from ..log.events import EventLog
-from ..session.engine import Action, ClientInfo, SessionBasics, Step
+from ..session.engine import HARD_ERROR_LIMIT, Action, ClientInfo, SessionBasics, Step
 from ..session.runtime import Runtime, Services
 from ..store.intake import path_text
 from .sasl import MECHANISMS, Cancelled, Credentials, SaslExchange
 from .transaction import Transaction
 
-MAX_BAD_COMMANDS = 20        # then 421 and close, as Postfix's smtpd_hard_error_limit
+MAX_BAD_COMMANDS = HARD_ERROR_LIMIT    # then 421 and close, as Postfix's smtpd_hard_error_limit
 # replies that count towards it: syntax and sequence errors, and refused
-# recipients (so an address list cannot be probed without end), as Postfix counts
+# recipients (so an address list cannot be probed without end), as Postfix counts.
+# Other refusals (452, 530, 552 ...) count only past the overshoot limit.
 CLIENT_ERRORS = frozenset({500, 501, 502, 503, 504, 550, 553, 554, 555})
+# RFC 2920 3.1: these end a pipelined group; a client must wait for their reply
+# (QUIT too, but nothing after it matters). Postfix flags the same ones.
+LAST_IN_GROUP = frozenset({"EHLO", "HELO", "DATA", "NOOP", "VRFY", "EXPN", "TURN"})
+# commands that do nothing for the mail, limited by the error budget (Postfix's list)
+JUNK_COMMANDS = frozenset({"EHLO", "HELO", "RSET", "NOOP", "VRFY"})
 HTTP_VERBS = frozenset({"GET", "POST", "HEAD", "PUT", "CONNECT", "OPTIONS", "DELETE"})
 NOT_IMPLEMENTED_VERBS = frozenset({"EXPN", "TURN", "ETRN", "ATRN", "BDAT", "SEND", "SOML",
                                    "SAML"})
@@ -93,7 +106,6 @@ class SmtpSession(SessionBasics):
         self.user: str | None = None                # the mailbox logged in as
         self.trusted = trust.is_trusted(self.config, client.ip)
         self.transaction: Transaction | None = None
-        self.bad_commands = 0
         self.messages = 0
         self._auth: SaslExchange | None = None      # set in State.AUTH only
 
@@ -111,13 +123,36 @@ class SmtpSession(SessionBasics):
     def host(self) -> str:
         return self.runtime.hostname
 
+    @property
+    def idle(self) -> bool:
+        return self.state in (State.CONNECTED, State.READY, State.CLOSED)
+
+    @property
+    def stranger(self) -> bool:
+        """Neither in trusted_networks nor logged in: the client the abuse rules are for."""
+        return not self.trusted and self.user is None
+
+    @property
+    def greet_pause(self) -> float:
+        """Postfix's pregreet test: a stranger on port 25 must wait for the 220."""
+        if self.client.listener == "smtp" and not self.trusted:
+            return self.config.limits.greet_pause
+        return 0.0
+
     # ------------------------------------------------------------ events
 
-    def greeting(self) -> Step:
+    def greeting(self, early: bytes = b"") -> Step:
+        """The 220, or a 554 for a client that talked first (`early`: what it sent
+        before the greeting; only spam engines do not wait for it)."""
         self.log.info("connect", client=f"{self.client.ip}:{self.client.port}",
                       listener=self.client.listener,
                       tls=self.tls.version if self.tls else None,
                       trusted=self.trusted or None)
+        if early:
+            self.log.warning("pregreet", client=self.client.ip,
+                             input=early[:100].decode("utf-8", "surrogateescape"))
+            self.close("talked before the greeting")
+            return self._say(_reply(replies.PROTOCOL_SYNC, action=Action.CLOSE))
         return self._say(_reply(replies.GREETING.fill(host=self.host)))
 
     def tls_started(self, info: TlsInfo) -> None:
@@ -146,7 +181,7 @@ class SmtpSession(SessionBasics):
     def line_too_long(self) -> Step:
         self.log.info("line_too_long", state=self.state.value)
         self._end_auth()
-        return self._error(replies.LINE_TOO_LONG)
+        return self._tarpit(self._error(replies.LINE_TOO_LONG))
 
     def close(self, reason: str = "client closed") -> None:
         """The connection is gone or going: drop any half-received message."""
@@ -155,22 +190,33 @@ class SmtpSession(SessionBasics):
         self._end_auth()
         aborted = self._end_transaction()
         self.state = State.CLOSED
+        self.refusal_log.summarise()
         self.log.info("disconnect", reason=reason, messages=self.messages,
                       aborted_data=aborted or None)
 
     # ------------------------------------------------------------ commands
 
-    def feed_line(self, line: bytes) -> Step:
-        """One command line (with its CRLF or LF)."""
+    def feed_line(self, line: bytes, more_input: bool = False) -> Step:
+        """One command line (with its CRLF or LF); `more_input`: the client had
+        sent more before this line was answered."""
         try:
-            return self._feed_line(line)
+            step = self._feed_line(line, more_input)
         except Exception:                    # a bug: say 451, keep the session usable
             self.log.exception("internal_error", state=self.state.value)
             self._end_auth()
             self._end_transaction()
-            return self._say(_reply(replies.LOCAL_ERROR))
+            # counted: a client that can trigger a bug must not do it forever
+            step = self._error(replies.LOCAL_ERROR)
+        return self._tarpit(step)
 
-    def _feed_line(self, line: bytes) -> Step:
+    def _tarpit(self, step: Step) -> Step:
+        """Postfix's smtpd_error_sleep_time: past the soft error limit every reply to a
+        stranger waits, so that probing addresses or guessing costs time."""
+        if step.replies and self.budget.past_soft_limit and self.stranger:
+            return step._replace(delay=self.config.limits.error_sleep)
+        return step
+
+    def _feed_line(self, line: bytes, more_input: bool) -> Step:
         if self.state is State.CLOSED:
             return Step([])
         if self.state is State.DATA:
@@ -194,29 +240,51 @@ class SmtpSession(SessionBasics):
             if verb in NOT_IMPLEMENTED_VERBS:
                 return self._error(replies.NOT_IMPLEMENTED)
             return self._error(replies.UNKNOWN_COMMAND)
+        if more_input and self.stranger and (verb in LAST_IN_GROUP or not self.esmtp):
+            return self._out_of_sync(verb)
         if self.state not in command.allowed:
             return self._error(replies.BAD_SEQUENCE.fill(detail=command.refusal))
         try:
             step = command.run(self, argument)
         except Reject as reject:             # the one place a refusal becomes a reply
             step = Step([reject.reply])
-        return self._answer(step)
+        step = self._answer(step)
+        if verb in JUNK_COMMANDS and step.action is Action.NONE and \
+                self.budget.junk_command(self.services.connections.stressed):
+            return self._too_many_errors(step.replies)
+        return step
+
+    def _out_of_sync(self, verb: str) -> Step:
+        """RFC 2920 3.1: the client sent more before the reply to a command that must
+        end a group (any command, before EHLO or after HELO). Bulk spam engines do;
+        real clients do not. Refused as Postfix >= 3.9 does (smtpd_forbid_unauth_pipelining)."""
+        self.log.warning("improper_pipelining", after=verb, client=self.client.ip)
+        self.close("improper pipelining")
+        return self._say(_reply(replies.PROTOCOL_SYNC, action=Action.CLOSE))
 
     def _answer(self, step: Step) -> Step:
-        """A command's step, with a client error counted against the budget."""
+        """A command's step, with a client error counted against the budget, and
+        any other refusal counted past the overshoot limit."""
         if any(reply.code in CLIENT_ERRORS for reply in step.replies):
-            return self._error(*step.replies)
-        return self._say(step)
+            spent = self.budget.error()
+        elif any(reply.code >= 400 for reply in step.replies):
+            spent = self.budget.refusal()
+        else:
+            spent = False
+        return self._too_many_errors(step.replies) if spent else self._say(step)
 
     def _error(self, *answer: Reply) -> Step:
         """A client error: counted, and after too many the connection is closed."""
-        self.bad_commands += 1
-        if self.bad_commands > MAX_BAD_COMMANDS:
-            self.log.warning("too_many_errors", count=self.bad_commands)
-            self.close("too many errors")
-            return self._say(_reply(*answer, replies.TOO_MANY_ERRORS.fill(host=self.host),
-                                    action=Action.CLOSE))
+        if self.budget.error():
+            return self._too_many_errors(list(answer))
         return self._say(_reply(*answer))
+
+    def _too_many_errors(self, answer: list) -> Step:
+        self.log.warning("too_many_errors", count=self.budget.errors,
+                         refusals=self.budget.refusals or None)
+        self.close("too many errors")
+        return self._say(_reply(*answer, replies.TOO_MANY_ERRORS.fill(host=self.host),
+                                action=Action.CLOSE))
 
     def _masked(self, text: bytes) -> str:
         """The line for the debug log, with SASL secrets replaced by ****."""
@@ -309,13 +377,13 @@ class SmtpSession(SessionBasics):
         if not mechanism:
             raise Reject(replies.AUTH_SYNTAX)
         if not self.auth_allowed:
-            self.log.info("auth_refused", reason="no TLS and plaintext_auth forbids it")
-            raise Reject(replies.ENCRYPTION_REQUIRED)
+            raise self._refuse(replies.ENCRYPTION_REQUIRED, "auth_refused",
+                                reason="no TLS and plaintext_auth forbids it")
         if mechanism not in MECHANISMS:
             raise Reject(replies.UNKNOWN_MECHANISM)
         if self.services.auth.locked(self.config, self.client.ip):
-            self.log.warning("auth_locked", mechanism=mechanism)
-            raise Reject(replies.AUTH_LOCKED)
+            raise self._refuse(replies.AUTH_LOCKED, "auth_locked", level="warning",
+                                mechanism=mechanism)
         self.state = State.AUTH
         self._auth = SaslExchange(mechanism)
         if initial.strip():
@@ -354,9 +422,10 @@ class SmtpSession(SessionBasics):
         name, secret = credentials
         result = self.services.auth.login(self.router, self.client.ip, name, secret)
         if result.mailbox is None:
-            self.log.warning("auth_failed", mechanism=mechanism, user=name[:64],
-                             reason=result.reason, client=self.client.ip)
-            return replies.AUTH_LOCKED if result.locked else replies.AUTH_FAILED
+            refusal = replies.AUTH_LOCKED if result.locked else replies.AUTH_FAILED
+            self.refusal_log.note(refusal, "auth_failed", "warning", mechanism=mechanism,
+                              user=name[:64], reason=result.reason, client=self.client.ip)
+            return refusal
         self.user = result.mailbox
         self.log.info("auth", mechanism=mechanism, user=self.user)
         return replies.AUTH_OK
@@ -368,15 +437,17 @@ class SmtpSession(SessionBasics):
             raise Reject(replies.MAIL_SYNTAX)
         if self.client.listener != "smtp" and self.user is None:
             needs_tls = not self.auth_allowed and self.tls_offered
-            self.log.info("mail_refused", reason="submission needs a login first")
-            raise Reject(replies.TLS_REQUIRED if needs_tls else replies.AUTH_REQUIRED)
+            raise self._refuse(replies.TLS_REQUIRED if needs_tls else replies.AUTH_REQUIRED,
+                                "mail_refused", reason="submission needs a login first")
         sender, params = self._parse_path(argument[5:], utf8=True,
                                           bare_domain=self._own_programs_domain())
         options = _parse_params(params)
         utf8 = "SMTPUTF8" in options
         if utf8 and options["SMTPUTF8"] is not None:
             raise Reject(replies.SMTPUTF8_SYNTAX)
-        if sender is not None and not sender.is_ascii and not utf8:
+        if not utf8 and not _path_part(argument[5:], params).isascii():
+            # RFC 6531: a non-ASCII address, an international domain too, needs
+            # SMTPUTF8 (553 5.6.7); with it the domain is used as its A-labels.
             raise Reject(replies.NEEDS_SMTPUTF8)
         declared = None
         for key, value in options.items():
@@ -385,9 +456,9 @@ class SmtpSession(SessionBasics):
                     raise Reject(replies.SIZE_SYNTAX)
                 declared = int(value)
                 if declared > self.config.limits.max_message_size:
-                    self.log.info("mail_refused", sender=path_text(sender), size=declared,
-                                  reason="declared SIZE above max_message_size")
-                    raise Reject(replies.MESSAGE_TOO_BIG)
+                    raise self._refuse(replies.MESSAGE_TOO_BIG, "mail_refused",
+                                        sender=path_text(sender), size=declared,
+                                        reason="declared SIZE above max_message_size")
             elif key == "BODY":
                 if (value or "").upper() not in ("7BIT", "8BITMIME"):
                     raise Reject(replies.UNSUPPORTED_PARAMETER.fill(detail=f"BODY={value}"))
@@ -395,9 +466,9 @@ class SmtpSession(SessionBasics):
                 raise Reject(replies.UNSUPPORTED_PARAMETER.fill(detail=key))
         if self.user is not None and sender is not None and \
                 not self.router.owns(self.user, sender):
-            self.log.warning("mail_refused", sender=path_text(sender), user=self.user,
-                             reason="sender address does not route to the user's mailbox")
-            raise Reject(replies.SENDER_NOT_OWNED.fill(user=self.user))
+            raise self._refuse(replies.SENDER_NOT_OWNED.fill(user=self.user), "mail_refused",
+                                level="warning", sender=path_text(sender), user=self.user,
+                                reason="sender address does not route to the user's mailbox")
         waited = self.services.flow.admit()         # the queue lags: slow this client down
         if waited > 0.05:
             self.log.debug("in_flow_delay", seconds=round(waited, 2))
@@ -411,6 +482,8 @@ class SmtpSession(SessionBasics):
         if argument[:3].upper() != "TO:":
             raise Reject(replies.RCPT_SYNTAX)
         transaction = self._current()
+        if not transaction.utf8 and not argument.isascii():
+            raise Reject(replies.NEEDS_SMTPUTF8)     # RFC 6531, as in MAIL
         address, params = self._parse_path(argument[3:], utf8=True,
                                            postmaster=self.router.primary_domain,
                                            bare_domain=self._own_programs_domain())
@@ -418,21 +491,18 @@ class SmtpSession(SessionBasics):
             raise Reject(replies.BAD_ADDRESS_SYNTAX.fill(detail="empty recipient"))
         if params:
             raise Reject(replies.UNSUPPORTED_PARAMETER.fill(detail=params.split(" ")[0]))
-        if not address.is_ascii and not transaction.utf8:
-            raise Reject(replies.NEEDS_SMTPUTF8)
         if len(transaction.recipients) >= self.config.limits.max_recipients:
-            self.log.info("rcpt_refused", msg=transaction.id, to=path_text(address),
-                          reason="max_recipients reached")
-            raise Reject(replies.TOO_MANY_RECIPIENTS)
+            raise self._refuse(replies.TOO_MANY_RECIPIENTS, "rcpt_refused", msg=transaction.id,
+                                to=path_text(address), reason="max_recipients reached")
         resolution = self.router.resolve(address)
         fields = dict(msg=transaction.id, to=path_text(address), result=resolution.result)
         if resolution.result == REJECTED:
-            self.log.info("rcpt_refused", **fields, reason=resolution.reason)
-            raise Reject(replies.NO_SUCH_USER)
+            raise self._refuse(replies.NO_SUCH_USER, "rcpt_refused", **fields,
+                                reason=resolution.reason)
         if resolution.result == REMOTE and not self.may_relay:
-            self.log.warning("relay_denied", **fields, client=self.client.ip,
-                             reason="client neither logged in nor in trusted_networks")
-            raise Reject(replies.RELAY_DENIED)
+            raise self._refuse(replies.RELAY_DENIED, "relay_denied", level="warning", **fields,
+                                client=self.client.ip,
+                                reason="client neither logged in nor in trusted_networks")
         transaction.recipients.append((address, resolution))
         self.state = State.RCPT
         self.log.info("rcpt", **fields, mailboxes=resolution.mailboxes or None,
@@ -511,7 +581,8 @@ class SmtpSession(SessionBasics):
             reply = self._finish_message(transaction)
         finally:
             self._end_transaction()          # after each message, whatever became of it
-        return self._say(Step([reply], leftover=transaction.receiver.leftover))
+        step = self._answer(Step([reply], leftover=transaction.receiver.leftover))
+        return self._tarpit(step)
 
     def _finish_message(self, transaction: Transaction) -> Reply:
         receiver = transaction.receiver
@@ -537,6 +608,7 @@ class SmtpSession(SessionBasics):
             self.log.exception("data_failed", **fields)
             return replies.LOCAL_ERROR
         self.messages += 1
+        self.budget.forgive()
         self.log.info("accepted", **fields, sender=path_text(transaction.sender),
                       to=[str(a) for a, _ in transaction.recipients],
                       mailboxes=list(accepted.mailboxes) or None, queue=accepted.queue_id,
@@ -557,6 +629,12 @@ class SmtpSession(SessionBasics):
         self.log.info("data_refused", msg=transaction.id, reason=verdict.detail,
                       reply=verdict.reply.code)
         return verdict.reply
+
+
+def _path_part(text: str, params: str) -> str:
+    """The path of a MAIL/RCPT argument, without the parameters parse_path found."""
+    text = text.rstrip(" ")
+    return text[:len(text) - len(params)]
 
 
 def _parse_params(text: str) -> dict[str, str | None]:

@@ -10,7 +10,7 @@ from lib.config.tls import TlsInfo
 from lib.core import replies, wire
 from lib.core.replies import PopContinue, PopReply
 from lib.pop3.session import COMMANDS, Pop3Session, State
-from lib.session.engine import Action, ClientInfo
+from lib.session.engine import HARD_ERROR_LIMIT, OVERSHOOT_LIMIT, Action, ClientInfo
 from lib.session.runtime import Services, load_runtime
 from lib.store.maildir import MaildirStore
 
@@ -393,9 +393,9 @@ def test_wire_output_of_refusals(env):
 def test_refusals_count_towards_the_error_budget_only_when_they_are_protocol_errors(env):
     deliver(env, "alice", b"x\n")
     session = logged_in(env)
-    for _ in range(30):                             # no such message: not counted
+    for _ in range(30):                             # no such message: not counted (yet)
         assert reply(session, "RETR 9") == replies.POP_NO_SUCH_MESSAGE
-    assert session.bad_commands == 0
+    assert session.budget.errors == 0 and session.budget.refusals == 30
     for _ in range(20):
         assert reply(session, "USER x") == replies.POP_WRONG_STATE
     step, _ = say(session, "PASS x")
@@ -420,3 +420,35 @@ def test_every_way_out_of_auth_returns_to_authorization(env, monkeypatch):
         assert session.state is expected, way_out
         assert session.max_line == wire.MAX_POP3_LINE
         session.close()
+
+
+# ---------------------------------------------------------------- abuse (issue 11)
+
+def test_idle_is_between_commands_outside_auth(env):
+    session = session_for(env)
+    assert session.idle and session.greet_pause == 0.0
+    assert reply(session, "AUTH PLAIN") == PopContinue()
+    assert not session.idle                                  # inside the SASL exchange
+    reply(session, "*")
+    assert session.idle
+    assert logged_in(env).idle                               # marks are only marks
+
+
+def test_refusals_past_the_overshoot_limit_end_the_session(env):
+    deliver(env, "alice", b"x\n")
+    session = logged_in(env)
+    for _ in range(OVERSHOOT_LIMIT + HARD_ERROR_LIMIT):
+        assert reply(session, "RETR 9") == replies.POP_NO_SUCH_MESSAGE
+    step, _ = say(session, "RETR 9")
+    assert step.replies == [replies.POP_NO_SUCH_MESSAGE, replies.POP_TOO_MANY_ERRORS]
+    assert step.action is Action.CLOSE and session.state is State.CLOSED
+
+
+def test_an_internal_error_that_repeats_ends_the_session(env, monkeypatch):
+    session = logged_in(env)
+    monkeypatch.setattr(session, "_totals", lambda: 1 / 0)
+    for _ in range(HARD_ERROR_LIMIT):
+        assert reply(session, "STAT") == replies.POP_SYS_TEMP
+    step, _ = say(session, "STAT")
+    assert step.replies == [replies.POP_SYS_TEMP, replies.POP_TOO_MANY_ERRORS]
+    assert step.action is Action.CLOSE

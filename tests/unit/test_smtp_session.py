@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import textwrap
 
 import pytest
@@ -10,7 +11,15 @@ import pytest
 from lib.config.tls import TlsInfo
 from lib.core import replies
 from lib.core.replies import Reply
-from lib.session.engine import Action, ClientInfo
+from lib.log.events import EventLog, LineFormatter
+from lib.session.engine import (
+    HARD_ERROR_LIMIT,
+    JUNK_COMMAND_LIMIT,
+    LOGGED_REFUSALS,
+    OVERSHOOT_LIMIT,
+    Action,
+    ClientInfo,
+)
 from lib.session.runtime import Services, load_runtime
 from lib.smtp.session import SmtpSession, State
 
@@ -801,3 +810,213 @@ def test_bare_names_from_strangers_stay_a_syntax_error(make):
     codes, _ = send(session, "EHLO x.example", "MAIL FROM:<root>",
                     "MAIL FROM:<a@b.example>", "RCPT TO:<alice>", "RCPT TO:<postmaster>")
     assert codes[1:] == [501, 250, 501, 250]
+
+
+# ---------------------------------------------------------------- abuse (issue 11)
+
+class Lines(logging.Handler):
+    """The log lines of one session, formatted as the server writes them."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.setFormatter(LineFormatter(with_time=False))
+        self.logger = logging.Logger("smtp-under-test", logging.INFO)
+        self.logger.addHandler(self)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record))
+
+    def events(self, event: str) -> list[str]:
+        return [line for line in self.lines if f" event={event} " in line + " "]
+
+
+@pytest.fixture
+def logged(env):
+    """logged(ip=...) -> (a greeted session on port 25, the Lines of its log)."""
+    def build(ip="192.0.2.7", listener="smtp"):
+        runtime, services = env()
+        lines = Lines()
+        session = SmtpSession(runtime, services, ClientInfo(ip, 40000, listener),
+                              log=EventLog("smtp", logger=lines.logger))
+        session.greeting()
+        return session, lines
+    return build
+
+
+def test_greet_pause_is_for_strangers_on_port_25_only(make):
+    assert make().greet_pause == 1.0                         # [limits] greet_pause default
+    assert make(ip="10.0.0.1").greet_pause == 0.0            # trusted
+    assert make(listener="submission").greet_pause == 0.0
+
+
+def test_a_client_talking_before_the_greeting_is_refused(env):
+    runtime, services = env()
+    session = SmtpSession(runtime, services, ClientInfo("192.0.2.7", 40000, "smtp"))
+    step = session.greeting(b"EHLO spam.example\r\nMAIL FROM:<a@b.example>\r\n")
+    assert step.replies == [replies.PROTOCOL_SYNC] and step.action is Action.CLOSE
+    assert (replies.PROTOCOL_SYNC.code, replies.PROTOCOL_SYNC.enhanced) == (554, "5.5.0")
+    assert session.state is State.CLOSED
+
+
+@pytest.mark.parametrize("lines, refused_at", [
+    (["EHLO x"], 0),                                         # EHLO must end a group
+    (["HELO x"], 0),
+    (["NOOP"], 0),                                           # before EHLO: nothing may be pipelined
+    (["EHLO x", "MAIL FROM:<a@example.com>", "RCPT TO:<alice@example.org>", "DATA"], 3),
+    (["HELO x", "MAIL FROM:<a@example.com>"], 1),            # no PIPELINING after HELO
+    (["EHLO x", "NOOP"], 1),
+    (["EHLO x", "VRFY alice"], 1),
+])
+def test_a_stranger_pipelining_past_a_group_end_is_refused(make, lines, refused_at):
+    session = make()
+    for number, line in enumerate(lines):
+        more = number == refused_at
+        step = session.feed_line(line.encode() + b"\r\n", more_input=more)
+        if more:
+            assert step.replies == [replies.PROTOCOL_SYNC] and step.action is Action.CLOSE
+            assert session.state is State.CLOSED
+            return
+        assert step.replies[0].code < 400, (line, step.replies)
+    raise AssertionError("never refused")
+
+
+def test_legal_pipelining_and_trusted_or_logged_in_clients_go_on(make):
+    stranger = make()
+    send(stranger, "EHLO x")
+    for line in ("MAIL FROM:<a@example.com>", "RCPT TO:<alice@example.org>", "RSET"):
+        assert stranger.feed_line(line.encode() + b"\r\n", more_input=True).replies[0].code == 250
+    for client in (make(ip="10.0.0.1"), make(ip="127.0.0.1")):
+        if client.trusted:
+            steps = [client.feed_line(f"{line}\r\n".encode(), more_input=True)
+                     for line in ("EHLO x", "MAIL FROM:<a@example.com>",
+                                  "RCPT TO:<alice@example.org>", "DATA")]
+        else:                                                # loopback: logs in first
+            send(client, "EHLO x")
+            assert login(client) == replies.AUTH_OK
+            steps = [client.feed_line(f"{line}\r\n".encode(), more_input=True)
+                     for line in ("EHLO x", "MAIL FROM:<bhayden@example.org>",
+                                  "RCPT TO:<alice@example.org>", "DATA")]
+        assert [s.replies[0].code for s in steps] == [250, 250, 250, 354]
+        client.close()
+
+
+def test_the_tarpit_delays_replies_to_strangers_past_ten_errors(make):
+    stranger = make()
+    send(stranger, "EHLO x", "MAIL FROM:<a@example.com>")
+    delays = [stranger.feed_line(f"RCPT TO:<nobody{n}@example.org>\r\n".encode()).delay
+              for n in range(12)]
+    assert delays == [0.0] * 10 + [1.0, 1.0]                 # [limits] error_sleep
+    assert stranger.feed_line(b"RCPT TO:<alice@example.org>\r\n").delay == 1.0   # every reply
+    trusted = make(ip="10.0.0.1")
+    send(trusted, "EHLO x", "MAIL FROM:<a@example.com>")
+    assert all(trusted.feed_line(f"RCPT TO:<nobody{n}@example.org>\r\n".encode()).delay == 0
+               for n in range(15))
+
+
+def test_an_accepted_message_forgives_earlier_errors(make):
+    session = make()
+    send(session, "EHLO x", "MAIL FROM:<a@example.com>",
+         *(f"RCPT TO:<nobody{n}@example.org>" for n in range(15)), "RCPT TO:<alice@example.org>",
+         "DATA")
+    assert session.budget.errors == 15
+    assert data(session, b"Subject: x\r\n\r\nhi\r\n.\r\n").replies[0].code == 250
+    assert session.budget.errors == 0
+    assert session.feed_line(b"RCPT TO:<x@example.org>\r\n").delay == 0.0
+
+
+def test_refusals_past_the_overshoot_limit_count_as_errors(make):
+    session = make()                                         # max_recipients = 3
+    send(session, "EHLO x", "MAIL FROM:<a@example.com>",
+         *(f"RCPT TO:<alice+{n}@example.org>" for n in range(3)))
+    for number in range(OVERSHOOT_LIMIT + HARD_ERROR_LIMIT):
+        step = session.feed_line(f"RCPT TO:<alice+x{number}@example.org>\r\n".encode())
+        assert step.replies == [replies.TOO_MANY_RECIPIENTS], number
+    step = session.feed_line(b"RCPT TO:<alice+last@example.org>\r\n")
+    assert [r.code for r in step.replies] == [452, 421] and step.action is Action.CLOSE
+
+
+@pytest.mark.parametrize("listener, lines, refusal", [
+    ("smtp", ["MAIL FROM:<a@example.com> SIZE=99999999"], replies.MESSAGE_TOO_BIG),
+    ("submission", ["MAIL FROM:<a@example.com>"], replies.AUTH_REQUIRED),
+    ("smtp", ["AUTH PLAIN AGJoYXlkZW4AeA=="], replies.ENCRYPTION_REQUIRED),
+])
+def test_other_repeated_refusals_end_the_session_too(make, listener, lines, refusal):
+    session = make(listener=listener, tls_configured=False)
+    send(session, "EHLO x")
+    answers = []
+    for _ in range(OVERSHOOT_LIMIT + HARD_ERROR_LIMIT + 5):
+        step = session.feed_line(lines[0].encode() + b"\r\n")
+        answers.append(step.replies)
+        if step.action is Action.CLOSE:
+            break
+    assert answers[:-1] == [[refusal]] * (OVERSHOOT_LIMIT + HARD_ERROR_LIMIT)
+    assert [r.code for r in answers[-1]] == [refusal.code, 421]
+
+
+def test_a_repeated_refusal_is_logged_a_few_times_then_summed_up(logged):
+    session, log = logged(ip="10.0.0.1")
+    send(session, "EHLO x", "MAIL FROM:<a@example.com>",
+         *(f"RCPT TO:<alice+{n}@example.org>" for n in range(3)))
+    for number in range(200):
+        assert reply_of(session, f"RCPT TO:<bob{number}@gmail.example>").code == 452
+    assert len(log.events("rcpt_refused")) == LOGGED_REFUSALS
+    session.close()
+    [summary] = log.events("refused_repeatedly")
+    assert "refusal=rcpt_refused reply=452 count=200" in summary
+    assert log.events("disconnect")
+
+
+def test_idle_means_no_transaction_no_data_no_auth(make):
+    session = make(tls=TLS)
+    assert session.idle                                      # greeted
+    send(session, "EHLO x")
+    assert session.idle
+    send(session, "MAIL FROM:<a@example.com>")
+    assert not session.idle                                  # a transaction
+    send(session, "RCPT TO:<alice@example.org>", "DATA")
+    assert not session.idle                                  # inside DATA
+    data(session, b".\r\n")
+    assert session.idle
+    send(session, "AUTH LOGIN")
+    assert not session.idle                                  # inside an AUTH exchange
+
+
+def test_international_domains_need_smtputf8(make):
+    session = make(ip="10.0.0.1")                            # trusted: may relay
+    send(session, "EHLO x", "MAIL FROM:<a@example.com>")
+    assert reply_of(session, "RCPT TO:<x@bücher.example>") == replies.NEEDS_SMTPUTF8
+    send(session, "RSET")
+    assert reply_of(session, "MAIL FROM:<x@bücher.example>") == replies.NEEDS_SMTPUTF8
+    assert reply_of(session, "MAIL FROM:<x@bücher.example> SMTPUTF8") == replies.SENDER_OK
+    assert reply_of(session, "RCPT TO:<x@bücher.example>") == replies.RECIPIENT_OK
+    [(address, resolution)] = session.transaction.recipients
+    assert address.domain == "xn--bcher-kva.example" and resolution.result == "remote"
+
+
+def test_an_internal_error_that_repeats_counts_towards_the_error_limit(make, monkeypatch):
+    session = make(ip="10.0.0.1")
+    send(session, "EHLO x", "MAIL FROM:<a@example.com>")
+    monkeypatch.setattr(session.router, "resolve", lambda address: 1 / 0)
+    for _ in range(HARD_ERROR_LIMIT):
+        assert reply_of(session, "RCPT TO:<alice@example.org>") == replies.LOCAL_ERROR
+        send(session, "MAIL FROM:<a@example.com>")           # the error dropped the transaction
+    step = session.feed_line(b"RCPT TO:<alice@example.org>\r\n")
+    assert [r.code for r in step.replies] == [451, 421] and step.action is Action.CLOSE
+
+
+def test_commands_that_do_nothing_count_past_the_junk_limit(make):
+    session = make(ip="10.0.0.1")
+    for number in range(JUNK_COMMAND_LIMIT + HARD_ERROR_LIMIT):
+        step = session.feed_line(b"NOOP\r\n")
+        assert step.replies == [replies.OK] and step.action is Action.NONE, number
+    assert session.budget.errors == HARD_ERROR_LIMIT
+    step = session.feed_line(b"RSET\r\n")
+    assert [r.code for r in step.replies] == [250, 421] and step.action is Action.CLOSE
+
+
+def test_under_stress_a_second_command_that_does_nothing_counts(make):
+    session = make()
+    session.services.connections.stressed = True
+    send(session, "EHLO x", "NOOP", "NOOP")
+    assert session.budget.errors == 2
