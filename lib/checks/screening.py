@@ -165,7 +165,7 @@ class Screener:
         if self.checks.spf != "off" or self.checks.dmarc != "off":
             head = authresults.remove_ours(head, hostname)
         if self.checks.spamd or self.checks.rspamd:
-            head = _without_fields(head, _OUR_TAGS)
+            head = without_fields(head, _OUR_TAGS)
         return head
 
 
@@ -185,7 +185,7 @@ def _guarded_pair(run: Callable[[], tuple[CheckResult, CheckResult]]) -> tuple[C
         return (CheckResult("dkim", ERROR, str(error)), CheckResult("dmarc", ERROR, str(error)))
 
 
-def _without_fields(head: bytes, pattern: re.Pattern[bytes]) -> bytes:
+def without_fields(head: bytes, pattern: re.Pattern[bytes]) -> bytes:
     """The header minus the fields whose first line matches (continuations go too)."""
     kept: list[bytes] = []
     dropping = False
