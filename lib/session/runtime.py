@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..checks.connections import ConnectionTracker
+from ..checks.greylist import Greylist
 from ..checks.inflow import InFlow
 from ..checks.logins import Authenticator, AuthThrottle
 from ..config import schema as config_module
@@ -48,6 +49,7 @@ class Services:
     auth: Authenticator
     connections: ConnectionTracker
     flow: InFlow
+    greylist: Greylist            # opened on first use, only when [checks] greylist = on
 
     @classmethod
     def create(cls, cfg: config_module.Config) -> Services:
@@ -57,4 +59,5 @@ class Services:
         spool = Spool(data_dir / "queue", syncer)
         return cls(store=store, spool=spool, intake=Intake(store, spool),
                    auth=Authenticator(AuthThrottle(), passwords.VerifyCache()),
-                   connections=ConnectionTracker(), flow=InFlow())
+                   connections=ConnectionTracker(), flow=InFlow(),
+                   greylist=Greylist(data_dir, cfg.checks.greylist_delay))

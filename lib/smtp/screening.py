@@ -20,7 +20,6 @@ from ..log.events import EventLog
 from ..store.intake import envelope_sender
 from .transaction import Transaction
 
-
 _SUBJECT = re.compile(rb"^subject\s*:", re.IGNORECASE)
 
 

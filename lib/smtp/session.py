@@ -54,6 +54,7 @@ from ..session.engine import HARD_ERROR_LIMIT, Action, ClientInfo, SessionBasics
 from ..session.runtime import Runtime, Services
 from ..store.intake import path_text
 from .sasl import MECHANISMS, Cancelled, Credentials, SaslExchange
+from .screening import StrangerScreening
 from .transaction import Transaction
 
 MAX_BAD_COMMANDS = HARD_ERROR_LIMIT    # then 421 and close, as Postfix's smtpd_hard_error_limit
@@ -107,6 +108,7 @@ class SmtpSession(SessionBasics):
         self.trusted = trust.is_trusted(self.config, client.ip)
         self.transaction: Transaction | None = None
         self.messages = 0
+        self.screening = StrangerScreening(self)    # DNSBL, SPF, ... for strangers only
         self._auth: SaslExchange | None = None      # set in State.AUTH only
 
     # ------------------------------------------------------------ what the handler asks
@@ -472,7 +474,9 @@ class SmtpSession(SessionBasics):
         waited = self.services.flow.admit()         # the queue lags: slow this client down
         if waited > 0.05:
             self.log.debug("in_flow_delay", seconds=round(waited, 2))
-        self.transaction = Transaction(sender=sender, utf8=utf8)
+        transaction = Transaction(sender=sender, utf8=utf8)
+        self.screening.at_mail(transaction)          # SPF: refused before a transaction opens
+        self.transaction = transaction
         self.state = State.MAIL
         self.log.debug("mail", msg=self.transaction.id, sender=path_text(sender),
                        size=declared, utf8=utf8 or None)
@@ -489,6 +493,7 @@ class SmtpSession(SessionBasics):
                                            bare_domain=self._own_programs_domain())
         if address is None:
             raise Reject(replies.BAD_ADDRESS_SYNTAX.fill(detail="empty recipient"))
+        self.screening.at_rcpt_client(transaction)
         if params:
             raise Reject(replies.UNSUPPORTED_PARAMETER.fill(detail=params.split(" ")[0]))
         if len(transaction.recipients) >= self.config.limits.max_recipients:
@@ -503,6 +508,8 @@ class SmtpSession(SessionBasics):
             raise self._refuse(replies.RELAY_DENIED, "relay_denied", level="warning", **fields,
                                 client=self.client.ip,
                                 reason="client neither logged in nor in trusted_networks")
+        if resolution.result != REMOTE:
+            self.screening.at_rcpt(transaction, str(address))
         transaction.recipients.append((address, resolution))
         self.state = State.RCPT
         self.log.info("rcpt", **fields, mailboxes=resolution.mailboxes or None,
@@ -600,10 +607,16 @@ class SmtpSession(SessionBasics):
                 self.log.warning("data_refused", **fields, hops=transaction.message.hops,
                                  reason="too many Received headers: mail loop")
                 return replies.TOO_MANY_HOPS
+            outcome = self.screening.after_data(transaction)
+            if outcome is not None and outcome.reply is not None:
+                self.log.info("data_refused", **fields, reply=outcome.reply.code,
+                              reason="; ".join(f"{r.check}: {r.reason}" for r in outcome.results
+                                               if r.reply is not None))
+                return outcome.reply
             verdict = self._run_filter(transaction)
             if verdict is not None:
                 return verdict
-            accepted = transaction.commit()
+            accepted = transaction.commit(junk=outcome is not None and outcome.junk)
         except Exception:
             self.log.exception("data_failed", **fields)
             return replies.LOCAL_ERROR
@@ -612,6 +625,7 @@ class SmtpSession(SessionBasics):
         self.log.info("accepted", **fields, sender=path_text(transaction.sender),
                       to=[str(a) for a, _ in transaction.recipients],
                       mailboxes=list(accepted.mailboxes) or None, queue=accepted.queue_id,
+                      folder="Junk" if accepted.junk else None,
                       user=self.user, tls=self.tls.version if self.tls else None)
         return replies.ACCEPTED.fill(id=transaction.id)
 

@@ -65,9 +65,9 @@ class Transaction:
             return error
         return None
 
-    def commit(self) -> Accepted:
+    def commit(self, junk: bool = False) -> Accepted:
         """The commit point (see store.intake): fsync'd everywhere, or an exception."""
-        self.accepted = self.message.commit()
+        self.accepted = self.message.commit(junk=junk)
         return self.accepted
 
     def discard(self) -> bool:
