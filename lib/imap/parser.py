@@ -1,0 +1,581 @@
+"""The IMAP command grammar (RFC 9051 9, RFC 3501 9 and the extensions we
+offer): tag, command name and each command's arguments, parsed into the
+types below. Anything malformed raises ParseError (a tagged BAD)."""
+
+from __future__ import annotations
+
+import calendar
+import datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from .lexer import LITERAL_ANNOUNCEMENT, ParseError, Reader, text
+
+STAR = 0                      # "*" in a sequence set: the highest number in use
+MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC")
+SYSTEM_FLAGS = ("\\ANSWERED", "\\FLAGGED", "\\DELETED", "\\SEEN", "\\DRAFT")
+MAX_SEARCH_DEPTH = 50         # nested NOT/OR/parentheses: a recursion bound
+
+
+# ---------------------------------------------------------------- argument types
+
+@dataclass(frozen=True)
+class SequenceSet:
+    """Numbers or UIDs: (low, high) ranges, STAR for "*"; `saved` is "$" (RFC 5182)."""
+    ranges: tuple[tuple[int, int], ...] = ()
+    saved: bool = False
+
+
+@dataclass(frozen=True)
+class Section:
+    """A body section (RFC 9051 6.4.5): part numbers, then HEADER, HEADER.FIELDS,
+    HEADER.FIELDS.NOT, TEXT, MIME or nothing."""
+    part: tuple[int, ...] = ()
+    text: str = ""
+    fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BodyItem:
+    """BODY[...], BODY.PEEK[...], BINARY[...], BINARY.PEEK[...], with <partial>."""
+    section: Section
+    peek: bool = False
+    binary: bool = False
+    partial: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class BinarySize:
+    part: tuple[int, ...]
+
+
+FetchItem = str | BodyItem | BinarySize
+SIMPLE_FETCH = frozenset({"FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY",
+                          "BODYSTRUCTURE", "RFC822", "RFC822.HEADER", "RFC822.TEXT"})
+FETCH_MACROS = {"ALL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"),
+                "FAST": ("FLAGS", "INTERNALDATE", "RFC822.SIZE"),
+                "FULL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY")}
+
+
+@dataclass(frozen=True)
+class SearchKey:
+    op: str                       # ALL, FLAG, HEADER, BODY, TEXT, SINCE, ..., NOT, OR, AND
+    args: tuple = ()
+
+
+@dataclass(frozen=True)
+class SearchArgs:
+    key: SearchKey
+    charset: str | None = None
+    returns: tuple[str, ...] | None = None     # ESEARCH RETURN options; None: plain SEARCH
+
+
+@dataclass(frozen=True)
+class StoreArgs:
+    messages: SequenceSet
+    mode: str                     # "+", "-" or "" (replace)
+    silent: bool
+    flags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ListArgs:
+    reference: str
+    patterns: tuple[str, ...]
+    select: frozenset[str] = frozenset()
+    returns: frozenset[str] = frozenset()
+    status: tuple[str, ...] = ()
+    extended: bool = False        # RFC 5258 syntax used: the answer may carry extended data
+
+
+@dataclass(frozen=True)
+class AppendArgs:
+    mailbox: str
+    flags: tuple[str, ...]
+    date: float | None            # seconds since the epoch
+    message: object               # what the engine stored for the literal
+
+
+@dataclass(frozen=True)
+class Command:
+    tag: str
+    name: str                     # upper case; "UID FETCH" for the UID forms
+    args: object = None
+    uid: bool = False
+
+
+# ---------------------------------------------------------------- pieces
+
+def sequence_set(reader: Reader) -> SequenceSet:
+    if reader.skip(b"$"):
+        return SequenceSet(saved=True)
+    ranges = []
+    while True:
+        low = _seq_number(reader)
+        high = _seq_number(reader) if reader.skip(b":") else low
+        ranges.append((low, high))
+        if not reader.skip(b","):
+            return SequenceSet(tuple(ranges))
+
+
+def _seq_number(reader: Reader) -> int:
+    if reader.skip(b"*"):
+        return STAR
+    return reader.nz_number()
+
+
+def mailbox(reader: Reader) -> str:
+    return text(reader.astring("a mailbox name"))
+
+
+def flag(reader: Reader) -> str:
+    if reader.skip(b"\\"):
+        return "\\" + reader.atom("a flag")
+    return reader.atom("a flag")
+
+
+def flag_list(reader: Reader) -> tuple[str, ...]:
+    return tuple(reader.parenthesised(lambda: flag(reader)))
+
+
+def date(reader: Reader) -> datetime.date:
+    """date = date-text / DQUOTE date-text DQUOTE; date-text = d[d]-Mon-yyyy."""
+    value = reader.quoted() if reader.at(b'"') else reader.chars(_DATE_CHARS, "a date")
+    try:
+        day, month, year = value.decode("ascii").split("-")
+        if not (1 <= len(day) <= 2 and len(year) == 4 and day.isdigit() and year.isdigit()):
+            raise ValueError(value)
+        return datetime.date(int(year), MONTHS.index(month.upper()) + 1, int(day))
+    except ValueError:
+        raise ParseError("Bad date") from None
+
+
+def date_time(reader: Reader) -> float:
+    """"dd-Mon-yyyy hh:mm:ss +zzzz" (the day may start with a space): epoch seconds."""
+    value = reader.quoted().decode("ascii", "replace")
+    try:
+        day_part, clock, zone = value.removeprefix(" ").split(" ")
+        day, month, year = day_part.split("-")
+        hours, minutes, seconds = (int(x) for x in clock.split(":"))
+        if len(zone) != 5 or zone[0] not in "+-" or not zone[1:].isdigit():
+            raise ValueError(zone)
+        offset = (int(zone[1:3]) * 60 + int(zone[3:])) * 60 * (1 if zone[0] == "+" else -1)
+        moment = datetime.datetime(int(year), MONTHS.index(month.upper()) + 1, int(day),
+                                   hours, minutes, seconds)
+        return calendar.timegm(moment.timetuple()) - offset
+    except (ValueError, IndexError):
+        raise ParseError("Bad date-time") from None
+
+
+# ---------------------------------------------------------------- FETCH
+
+def fetch_items(reader: Reader) -> tuple[FetchItem, ...]:
+    if reader.at(b"("):
+        items = tuple(reader.parenthesised(lambda: fetch_item(reader)))
+        if not items:
+            raise ParseError("Empty fetch list")
+        return items
+    name = _fetch_name(reader)
+    if name in FETCH_MACROS:
+        return FETCH_MACROS[name]
+    return (_fetch_rest(reader, name),)
+
+
+def _fetch_name(reader: Reader) -> str:
+    return reader.chars(frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                  b"0123456789."), "a fetch attribute").decode().upper()
+
+
+def fetch_item(reader: Reader) -> FetchItem:
+    return _fetch_rest(reader, _fetch_name(reader))
+
+
+def _fetch_rest(reader: Reader, name: str) -> FetchItem:
+    if name in ("BODY", "BODY.PEEK", "BINARY", "BINARY.PEEK", "BINARY.SIZE") and reader.at(b"["):
+        binary = name.startswith("BINARY")
+        reader.expect(b"[")
+        if binary:
+            part = _binary_part(reader)
+            reader.expect(b"]")
+            if name == "BINARY.SIZE":
+                return BinarySize(part)
+            section = Section(part)
+        else:
+            section = _section(reader)
+        partial = None
+        if reader.skip(b"<"):
+            start = reader.number()
+            reader.expect(b".")
+            partial = (start, reader.nz_number())
+            reader.expect(b">")
+        return BodyItem(section, peek=name.endswith(".PEEK"), binary=binary, partial=partial)
+    if name in SIMPLE_FETCH:
+        return name
+    raise ParseError(f"Unknown fetch attribute {name[:40]}")
+
+
+def _binary_part(reader: Reader) -> tuple[int, ...]:
+    """BINARY[1.2]: part numbers only (RFC 3516 4.1)."""
+    part: list[int] = []
+    if reader.at(b"]"):
+        return ()
+    while True:
+        part.append(reader.nz_number())
+        if not reader.skip(b"."):
+            return tuple(part)
+
+
+def _section(reader: Reader) -> Section:
+    """section-spec: part numbers "1.2" and/or a section text, up to "]"."""
+    part: list[int] = []
+    while reader.peek() in _DIGITS:
+        part.append(reader.nz_number())
+        if reader.skip(b"]"):
+            return Section(tuple(part))
+        reader.expect(b".")
+    if not part and reader.skip(b"]"):
+        return Section()
+    keyword = reader.chars(_SECTION_CHARS, "a section").decode().upper()
+    if keyword not in ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT", "TEXT", "MIME") or \
+            (keyword == "MIME" and not part):
+        raise ParseError("Bad section")
+    fields: tuple[str, ...] = ()
+    if keyword.startswith("HEADER.FIELDS"):
+        reader.sp()
+        fields = tuple(text(f).upper() for f in reader.parenthesised(reader.astring))
+        if not fields:
+            raise ParseError("Empty header list")
+    reader.expect(b"]")
+    return Section(tuple(part), keyword, fields)
+
+
+_DIGITS = frozenset(b"0123456789")
+_NONZERO = frozenset(b"123456789")
+_SECTION_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz.")
+_DATE_CHARS = _SECTION_CHARS | _DIGITS | {ord("-")}
+
+
+# ---------------------------------------------------------------- SEARCH
+
+def search_args(reader: Reader, esearch: bool = True) -> SearchArgs:
+    returns = None
+    charset = None
+    reader.sp()
+    if esearch and reader.line[reader.pos:reader.pos + 7].upper() == b"RETURN ":
+        reader.pos += 7
+        returns = tuple(o.upper() for o in reader.parenthesised(
+            lambda: reader.keyword("a return option")))
+        reader.sp()
+    if reader.line[reader.pos:reader.pos + 8].upper() == b"CHARSET ":
+        reader.pos += 8
+        charset = text(reader.astring()).upper()
+        reader.sp()
+    keys = [search_key(reader, 0)]
+    while reader.more():
+        keys.append(search_key(reader, 0))
+    key = keys[0] if len(keys) == 1 else SearchKey("AND", tuple(keys))
+    return SearchArgs(key, charset, returns)
+
+
+_FLAG_KEYS = {"ANSWERED": ("R", True), "DELETED": ("T", True), "DRAFT": ("D", True),
+              "FLAGGED": ("F", True), "SEEN": ("S", True), "UNANSWERED": ("R", False),
+              "UNDELETED": ("T", False), "UNDRAFT": ("D", False), "UNFLAGGED": ("F", False),
+              "UNSEEN": ("S", False)}
+_ADDRESS_KEYS = ("FROM", "TO", "CC", "BCC", "SUBJECT")
+_DATE_KEYS = ("BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE")
+
+
+def search_key(reader: Reader, depth: int) -> SearchKey:
+    if depth > MAX_SEARCH_DEPTH:
+        raise ParseError("Search keys nested too deeply")
+    if reader.at(b"("):
+        keys = reader.parenthesised(lambda: search_key(reader, depth + 1))
+        if not keys:
+            raise ParseError("Empty search group")
+        return keys[0] if len(keys) == 1 else SearchKey("AND", tuple(keys))
+    if reader.at(b"*") or reader.at(b"$") or reader.peek() in _NONZERO:
+        return SearchKey("SEQ", (sequence_set(reader),))
+    name = reader.keyword("a search key")
+    if name in ("ALL", "NEW", "OLD", "RECENT"):
+        return SearchKey(name)
+    if name in _FLAG_KEYS:
+        return SearchKey("FLAG", _FLAG_KEYS[name])
+    reader.sp()
+    if name in _ADDRESS_KEYS:
+        return SearchKey("HEADER", (name, text(reader.astring())))
+    if name in ("BODY", "TEXT"):
+        return SearchKey(name, (text(reader.astring()),))
+    if name == "HEADER":
+        field_name = text(reader.astring()).upper()
+        reader.sp()
+        return SearchKey("HEADER", (field_name, text(reader.astring())))
+    if name in _DATE_KEYS:
+        return SearchKey(name, (date(reader),))
+    if name in ("LARGER", "SMALLER"):
+        return SearchKey(name, (reader.number(2**63 - 1),))
+    if name == "UID":
+        return SearchKey("UID", (sequence_set(reader),))
+    if name in ("KEYWORD", "UNKEYWORD"):
+        return SearchKey(name, (reader.atom("a keyword"),))
+    if name == "NOT":
+        return SearchKey("NOT", (search_key(reader, depth + 1),))
+    if name == "OR":
+        first = search_key(reader, depth + 1)
+        reader.sp()
+        return SearchKey("OR", (first, search_key(reader, depth + 1)))
+    raise ParseError(f"Unknown search key {name[:40]}")
+
+
+# ---------------------------------------------------------------- LIST and STATUS
+
+LIST_SELECT = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
+LIST_RETURN = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"})
+STATUS_ITEMS = frozenset({"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "DELETED",
+                          "SIZE"})
+
+
+def status_items(reader: Reader) -> tuple[str, ...]:
+    items = tuple(reader.parenthesised(lambda: reader.keyword("a status item")))
+    unknown = [item for item in items if item not in STATUS_ITEMS]
+    if unknown or not items:
+        raise ParseError("Bad status item " + (unknown[0][:30] if unknown else "list"))
+    return items
+
+
+def list_args(reader: Reader) -> ListArgs:
+    reader.sp()
+    select: frozenset[str] = frozenset()
+    extended = False
+    if reader.at(b"("):
+        extended = True
+        select = frozenset(reader.parenthesised(lambda: reader.keyword("a selection option")))
+        if select - LIST_SELECT:
+            raise ParseError("Unknown LIST selection option")
+        reader.sp()
+    reference = text(reader.astring("a reference name"))
+    reader.sp()
+    if reader.at(b"("):
+        extended = True
+        patterns = tuple(text(p) for p in reader.parenthesised(reader.list_mailbox))
+        if not patterns:
+            raise ParseError("Empty pattern list")
+    else:
+        patterns = (text(reader.list_mailbox()),)
+    returns: set[str] = set()
+    status: tuple[str, ...] = ()
+    if reader.more():
+        extended = True
+        if reader.keyword("RETURN") != "RETURN":
+            raise ParseError("Expected RETURN")
+        reader.sp()
+
+        def option() -> str:
+            nonlocal status
+            name = reader.keyword("a return option")
+            if name == "STATUS":
+                reader.sp()
+                status = status_items(reader)
+            return name
+        returns = set(reader.parenthesised(option))
+        if returns - LIST_RETURN:
+            raise ParseError("Unknown LIST return option")
+    return ListArgs(reference, patterns, select, frozenset(returns), status, extended)
+
+
+# ---------------------------------------------------------------- commands
+
+def _none(reader: Reader) -> None:
+    return None
+
+
+def _mailbox_arg(reader: Reader) -> str:
+    reader.sp()
+    return mailbox(reader)
+
+
+def _login(reader: Reader) -> tuple[str, str]:
+    reader.sp()
+    user = text(reader.astring("a user name"))
+    reader.sp()
+    return user, text(reader.astring("a password"))
+
+
+def _authenticate(reader: Reader) -> tuple[str, str | None]:
+    reader.sp()
+    mechanism = reader.keyword("a mechanism")
+    if reader.more():
+        return mechanism, reader.chars(frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnop"
+                                                 b"qrstuvwxyz0123456789+/="),
+                                       "a base64 response").decode()
+    return mechanism, None
+
+
+def _id(reader: Reader) -> dict[str, str | None] | None:
+    reader.sp()
+    if reader.line[reader.pos:reader.pos + 3].upper() == b"NIL":
+        reader.pos += 3
+        return None
+    values = reader.parenthesised(reader.nstring)
+    if len(values) % 2 or len(values) > 60:
+        raise ParseError("ID needs field and value pairs")
+    fields: dict[str, str | None] = {}
+    for key, value in zip(values[::2], values[1::2], strict=True):
+        if key is None:
+            raise ParseError("An ID field name cannot be NIL")
+        fields[text(key)] = None if value is None else text(value)
+    return fields
+
+
+def _enable(reader: Reader) -> tuple[str, ...]:
+    names = []
+    while reader.more():
+        names.append(reader.keyword("a capability"))
+    if not names:
+        raise ParseError("ENABLE needs a capability")
+    return tuple(names)
+
+
+def _select(reader: Reader) -> str:
+    name = _mailbox_arg(reader)
+    if reader.more():                     # RFC 4466 select parameters: none supported
+        raise ParseError("No SELECT parameters are supported")
+    return name
+
+
+def _rename(reader: Reader) -> tuple[str, str]:
+    old = _mailbox_arg(reader)
+    return old, _mailbox_arg(reader)
+
+
+def _lsub(reader: Reader) -> tuple[str, str]:
+    reader.sp()
+    reference = text(reader.astring("a reference name"))
+    reader.sp()
+    return reference, text(reader.list_mailbox())
+
+
+def _status(reader: Reader) -> tuple[str, tuple[str, ...]]:
+    name = _mailbox_arg(reader)
+    reader.sp()
+    return name, status_items(reader)
+
+
+def _append(reader: Reader) -> AppendArgs:
+    name = _mailbox_arg(reader)
+    reader.sp()
+    flags: tuple[str, ...] = ()
+    when = None
+    if reader.at(b"("):
+        flags = flag_list(reader)
+        reader.sp()
+    if reader.at(b'"'):
+        when = date_time(reader)
+        reader.sp()
+    if not reader.at(b"{"):
+        raise ParseError("APPEND needs the message as a literal")
+    return AppendArgs(name, flags, when, reader.literal())
+
+
+def _fetch(reader: Reader) -> tuple[SequenceSet, tuple[FetchItem, ...]]:
+    reader.sp()
+    messages = sequence_set(reader)
+    reader.sp()
+    return messages, fetch_items(reader)
+
+
+def _store(reader: Reader) -> StoreArgs:
+    reader.sp()
+    messages = sequence_set(reader)
+    reader.sp()
+    mode = "+" if reader.skip(b"+") else "-" if reader.skip(b"-") else ""
+    name = reader.keyword("FLAGS")
+    if name not in ("FLAGS", "FLAGS.SILENT"):
+        raise ParseError("Expected FLAGS or FLAGS.SILENT")
+    reader.sp()
+    if reader.at(b"("):
+        flags = flag_list(reader)
+    else:
+        flags_list = [flag(reader)]
+        while reader.more():
+            flags_list.append(flag(reader))
+        flags = tuple(flags_list)
+    return StoreArgs(messages, mode, name.endswith(".SILENT"), flags)
+
+
+def _copy(reader: Reader) -> tuple[SequenceSet, str]:
+    reader.sp()
+    messages = sequence_set(reader)
+    return messages, _mailbox_arg(reader)
+
+
+def _uid_expunge(reader: Reader) -> SequenceSet:
+    reader.sp()
+    return sequence_set(reader)
+
+
+GRAMMAR: dict[str, Callable[[Reader], object]] = {
+    "CAPABILITY": _none, "NOOP": _none, "LOGOUT": _none, "STARTTLS": _none,
+    "LOGIN": _login, "AUTHENTICATE": _authenticate, "ID": _id, "ENABLE": _enable,
+    "NAMESPACE": _none, "IDLE": _none, "SELECT": _select, "EXAMINE": _select,
+    "CREATE": _mailbox_arg, "DELETE": _mailbox_arg, "RENAME": _rename,
+    "SUBSCRIBE": _mailbox_arg, "UNSUBSCRIBE": _mailbox_arg, "LIST": list_args, "LSUB": _lsub,
+    "STATUS": _status, "APPEND": _append, "CHECK": _none, "CLOSE": _none, "UNSELECT": _none,
+    "EXPUNGE": _none, "SEARCH": search_args, "FETCH": _fetch, "STORE": _store, "COPY": _copy,
+    "MOVE": _copy,
+    "UID SEARCH": search_args, "UID FETCH": _fetch, "UID STORE": _store, "UID COPY": _copy,
+    "UID MOVE": _copy, "UID EXPUNGE": _uid_expunge,
+}
+
+
+def _head(reader: Reader) -> tuple[str, str]:
+    """The tag and the command name. A bad tag raises ParseError with no tag (an
+    untagged BAD); anything after it, one with the tag (a tagged BAD)."""
+    tag = reader.tag()
+    try:
+        reader.sp()
+        name = reader.keyword("a command")
+        if name == "UID" and reader.more():
+            name = "UID " + reader.keyword("a command")
+    except ParseError as error:
+        error.tag = tag
+        raise
+    return tag, name
+
+
+def parse_command(segments: Sequence[bytes], literals: Sequence[object] = ()) -> Command:
+    """The whole command, or ParseError (whose `tag` says who gets the BAD)."""
+    reader = Reader(segments, literals)
+    tag, name = _head(reader)
+    try:
+        grammar = GRAMMAR.get(name)
+        if grammar is None:
+            raise ParseError("Unknown command")
+        args = grammar(reader)
+        reader.end()
+    except ParseError as error:
+        error.tag = tag
+        raise
+    return Command(tag, name, args, uid=name.startswith("UID "))
+
+
+def append_target(segments: Sequence[bytes], literals: Sequence[object]) -> str | None:
+    """The mailbox, when the literal just announced is an APPEND's message."""
+    try:
+        reader = Reader(segments, literals)
+        _, name = _head(reader)
+        if name != "APPEND":
+            return None
+        target = _mailbox_arg(reader)
+        reader.sp()
+        if reader.at(b"("):
+            flag_list(reader)
+            reader.sp()
+        if reader.at(b'"'):
+            date_time(reader)
+            reader.sp()
+        if reader.index == len(segments) - 1 and LITERAL_ANNOUNCEMENT.match(reader.line,
+                                                                            reader.pos):
+            return target
+    except ParseError:
+        pass
+    return None
