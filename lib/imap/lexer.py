@@ -16,7 +16,8 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-LITERAL_ANNOUNCEMENT = re.compile(rb"\{(\d{1,20})(\+?)\}\Z")
+# {n} synchronising, {n+} not (RFC 7888); ~{n} is a literal8 (binary: APPEND only)
+LITERAL_ANNOUNCEMENT = re.compile(rb"(~?)\{(\d{1,20})(\+?)\}\Z")
 
 _CTL = set(range(0x00, 0x20)) | {0x7F}
 _ATOM_SPECIALS = _CTL | set(b'(){ %*"\\]')
@@ -139,10 +140,11 @@ class Reader:
                 self.pos += 1
             out.append(char)
 
-    def literal(self) -> object:
-        """The literal whose announcement comes next (it ends this segment)."""
+    def literal(self, binary: bool = False) -> object:
+        """The literal whose announcement comes next (it ends this segment);
+        a literal8 only where `binary` allows one."""
         match = LITERAL_ANNOUNCEMENT.match(self.line, self.pos)
-        if match is None or self.index >= len(self.literals):
+        if match is None or self.index >= len(self.literals) or (match[1] and not binary):
             raise ParseError("Bad literal")
         value = self.literals[self.index]
         self.index += 1

@@ -8,6 +8,7 @@ import calendar
 import datetime
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from .lexer import LITERAL_ANNOUNCEMENT, ParseError, Reader, text
 
@@ -100,7 +101,7 @@ class AppendArgs:
 class Command:
     tag: str
     name: str                     # upper case; "UID FETCH" for the UID forms
-    args: object = None
+    args: Any = None              # what GRAMMAR[name] returned: each handler knows its type
     uid: bool = False
 
 
@@ -471,9 +472,9 @@ def _append(reader: Reader) -> AppendArgs:
     if reader.at(b'"'):
         when = date_time(reader)
         reader.sp()
-    if not reader.at(b"{"):
+    if not (reader.at(b"{") or reader.at(b"~{")):
         raise ParseError("APPEND needs the message as a literal")
-    return AppendArgs(name, flags, when, reader.literal())
+    return AppendArgs(name, flags, when, reader.literal(binary=True))
 
 
 def _fetch(reader: Reader) -> tuple[SequenceSet, tuple[FetchItem, ...]]:

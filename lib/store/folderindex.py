@@ -12,8 +12,8 @@ then at least one past the highest UID seen); the file is rewritten through
 a temporary file and rename when entries of expunged messages must go, or
 it is new. Either happens under an flock on `imap-uidlist.lock` in the
 folder, taken by whichever session (of any process) first sees a file
-without a UID; the same session moves new/ files to cur/ (as Dovecot does:
-the session that does so may call them \\Recent).
+without a UID. A session that selects the folder read-write moves files in
+new/ to cur/ (as Dovecot does) and may call them \\Recent.
 
 The folder is listed only when new/, cur/ or the UID list changed since the
 last look (mtimes, inode, size), and only trusted unchanged once the folders
@@ -97,17 +97,21 @@ class FolderIndex:
         self._sizes: dict[int, int] = {}         # UID -> CRLF size, for foreign files
         self._snapshot: Snapshot | None = None
         self._stamps: tuple | None = None
+        self._waiting = False                    # files in new/ at the last listing
 
     # ------------------------------------------------------------ looking
 
     def sync(self, claim: bool = False) -> tuple[Snapshot, frozenset[int]]:
-        """The folder now, and (with `claim`) the UIDs this call moved from new/."""
+        r"""The folder now. With `claim` (a session that selected the folder to
+        change it), files in new/ move to cur/ and their UIDs are returned: for
+        that session they are \Recent. Without, new/ is left as it is."""
         with self._lock:
             stamps = self._stat()
             if stamps is None:
                 self._names, self._snapshot = {}, None
                 return Snapshot(self._validity, self._next, array("I"), b"", False), frozenset()
-            if self._snapshot is not None and stamps == self._stamps:
+            if self._snapshot is not None and stamps == self._stamps and \
+                    not (claim and self._waiting):
                 return self._snapshot, frozenset()
             listing = self._list()
             known = {name[1].partition(":")[0] for name in self._names.values()}
@@ -116,18 +120,19 @@ class FolderIndex:
             self._load()
             moved: frozenset[int] = frozenset()
             fresh = any(base not in self._uids for base in listing)
-            waiting = any(sub == "new" for sub, _ in listing.values())
-            if fresh or waiting or self._validity == 0:
+            self._waiting = any(sub == "new" for sub, _ in listing.values())
+            if fresh or (claim and self._waiting) or self._validity == 0:
                 with self._flock():
                     self._load()
-                    moved = self._take_in(listing)
+                    moved = self._take_in(listing, claim)
+                self._waiting = self._waiting and not claim
                 stamps = None                  # our own renames: look again next time
             snapshot = self._build(listing)
             if stamps is not None and \
                     time.time_ns() - max(stamps[0], stamps[1]) <= STABLE_FOLDER_NS:
                 stamps = None                  # changed too recently to trust the mtimes
             self._snapshot, self._stamps = snapshot, stamps
-            return snapshot, moved if claim else frozenset()
+            return snapshot, moved
 
     def _stat(self) -> tuple | None:
         try:
@@ -212,8 +217,9 @@ class FolderIndex:
         self._next = max(int(given) if given.isdigit() else 1, highest + 1)
         self._file_stamp = stamp
 
-    def _take_in(self, listing: dict[str, tuple[str, str]]) -> frozenset[int]:
-        """Under the lock: UIDs for files without one, in delivery order; new/ to cur/."""
+    def _take_in(self, listing: dict[str, tuple[str, str]], claim: bool) -> frozenset[int]:
+        """Under the lock: UIDs for files without one, in delivery order; with
+        `claim`, new/ to cur/."""
         fresh = [base for base in listing if base not in self._uids]
         fresh.sort(key=lambda base: delivery_order(self.path, listing[base][1]))
         added = []
@@ -223,7 +229,7 @@ class FolderIndex:
             self._next += 1
         moved = []
         for base, (sub, name) in list(listing.items()):
-            if sub != "new":
+            if sub != "new" or not claim:
                 continue
             target = renamed(name, flags_of(name))
             try:
@@ -282,6 +288,14 @@ class FolderIndex:
             os.close(fd)                              # closing drops the flock
 
     # ------------------------------------------------------------ the messages' files
+
+    @property
+    def uidvalidity(self) -> int:
+        return self._validity
+
+    def flush(self) -> None:
+        """Make this folder's renames durable (after STORE)."""
+        self.syncer.sync(os.path.join(self.path, "cur"))
 
     def name_of(self, uid: int) -> tuple[str, str] | None:
         """(sub, file name) of a message as last seen; None once it is gone."""
@@ -345,11 +359,15 @@ class FolderIndex:
 
     def internal_date(self, uid: int) -> float:
         """INTERNALDATE: the file's mtime (set by APPEND to the date the client gave)."""
-        fd = self.open(uid)
-        try:
-            return os.fstat(fd).st_mtime
-        finally:
-            os.close(fd)
+        for _ in range(2):
+            path = self.filename(uid)
+            if path is None:
+                break
+            try:
+                return os.stat(path).st_mtime
+            except FileNotFoundError:
+                self._relocate(uid)
+        raise FileNotFoundError(errno.ENOENT, f"message {uid} is gone")
 
     def change_flags(self, uid: int, change: Callable[[int], int]) -> int | None:
         """Apply `change` (old bits -> new bits) to the file's current flags by
