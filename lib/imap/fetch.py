@@ -269,11 +269,18 @@ class _Open:
     def __init__(self, fetcher: Fetcher, uid: int):
         self.index = fetcher.index
         self.uid = uid
-        entry = self.index.name_of(uid)
-        if entry is None:
-            raise Gone()
-        self.name = entry[1].partition(":")[0]
+        self._name: str | None = None
         self._file: MessageFile | None = None
+
+    @property
+    def name(self) -> str:
+        """The unique part of the file's name (the cache key)."""
+        if self._name is None:
+            entry = self.index.name_of(self.uid)
+            if entry is None:
+                raise FileNotFoundError(f"message {self.uid} is gone")
+            self._name = entry[1].partition(":")[0]
+        return self._name
 
     def file(self) -> MessageFile:
         if self._file is None:

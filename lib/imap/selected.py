@@ -108,8 +108,8 @@ class Selected:
                 raise ValidityChanged()
             out += self._merge(snapshot, with_uid)
             self.snapshot = snapshot
-        if allow_expunge and self.vanished:
-            out = self._expunges() + out
+        if allow_expunge and self.vanished:     # after the rest: their numbers are the old ones
+            out += self._expunges()
         return out
 
     def _merge(self, snapshot: Snapshot, with_uid: bool) -> list[ImapData]:

@@ -324,6 +324,10 @@ class ImapSession(SessionBasics):
             self.log.exception("imap_error", user=self.user, command=command.name,
                                error=str(error))
             return Step([r.IMAP_TEMPORARY.tagged(tag)])
+        except Exception:                      # a bug: answer, keep the session usable
+            self.log.exception("internal_error", state=self.state.value, user=self.user,
+                               command=command.name)
+            return Step([r.IMAP_SERVER_BUG.tagged(tag)])
 
     def _answer(self, reply: ImapReply) -> Step:
         return self._error(reply) if reply.status == "BAD" else Step([reply])
