@@ -98,6 +98,7 @@ class FolderIndex:
         self._snapshot: Snapshot | None = None
         self._stamps: tuple | None = None
         self._waiting = False                    # files in new/ at the last listing
+        self._gone: set[str] = set()             # expunged, but still in the file
 
     # ------------------------------------------------------------ looking
 
@@ -162,6 +163,9 @@ class FolderIndex:
 
     def _build(self, listing: dict[str, tuple[str, str]]) -> Snapshot:
         uids = self._uids
+        for base in [base for base in uids if base not in listing]:
+            del uids[base]                      # should the name come back, it is a new message
+            self._gone.add(base)
         pairs = sorted((uids[base], entry) for base, entry in listing.items() if base in uids)
         self._names = dict(pairs)
         for uid in [uid for uid in self._sizes if uid not in self._names]:
@@ -211,6 +215,9 @@ class FolderIndex:
             if number.isdigit() and base and int(number) > highest:
                 highest = int(number)
                 uids[base.decode("utf-8", "surrogateescape")] = highest
+        self._gone &= uids.keys()
+        for base in self._gone:
+            del uids[base]
         self._uids = uids
         self._validity = int(fields[b"V"])
         given = fields.get(b"N", b"")
@@ -244,7 +251,7 @@ class FolderIndex:
                 continue
             listing[base] = ("cur", target)
             moved.append(self._uids[base])
-        if self._validity == 0 or self._file_stamp is None or \
+        if self._validity == 0 or self._file_stamp is None or self._gone or \
                 any(base not in listing for base in self._uids):
             self._rewrite(listing)              # new, or entries of expunged messages to drop
         elif added:
@@ -269,6 +276,7 @@ class FolderIndex:
         if self._validity == 0:
             self._validity = new_validity()
         self._uids = {base: uid for base, uid in self._uids.items() if base in listing}
+        self._gone.clear()
         lines = [f"3 V{self._validity} N{self._next}\n"]
         lines += [f"{uid} :{base}\n" for base, uid in sorted(self._uids.items(),
                                                             key=lambda item: item[1])]
