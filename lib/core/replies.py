@@ -340,7 +340,6 @@ IMAP_AUTH_CANCELLED = _imap_bad("Authentication cancelled")
 IMAP_BAD_CREDENTIALS = _imap_bad("Cannot decode the credentials: {detail}")
 IMAP_TLS_ACTIVE = _imap_bad("TLS is already active")
 IMAP_EXPECTED_DONE = _imap_bad("Expected DONE to end IDLE")
-IMAP_NO_SAVED_RESULT = _imap_bad("No saved search result")
 
 IMAP_TOO_MANY_ERRORS = _imap_bye("Too many errors, closing connection")
 IMAP_TIMEOUT = _imap_bye("Autologout; idle for too long")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import email.utils
 import os
+import re
 from collections.abc import Iterator
 
 from . import render
@@ -170,13 +171,24 @@ def addresses(value: bytes | None, utf8: bool) -> bytes:
     if not value:
         return b"NIL"
     out: list[bytes] = []
-    for kind, piece in _split_addresses(value.decode("utf-8", "surrogateescape")):
+    text = value.decode("utf-8", "surrogateescape")
+    pieces = (("address", piece) for piece in text.split(",")) if _PLAIN_LIST.match(text) \
+        else _split_addresses(text)
+    for kind, piece in pieces:
         if kind == "group":
             out.append(b"(NIL NIL " + render.string(piece, utf8) + b" NIL)")
         elif kind == "end":
             out.append(b"(NIL NIL NIL NIL)")
         else:
-            name, address = email.utils.parseaddr(piece)
+            simple = _SIMPLE_ADDRESS.match(piece)
+            if simple is not None:            # the usual forms, without the slow parser
+                if simple["quoted"] is not None:
+                    name = re.sub(r"\\(.)", r"\1", simple["quoted"])
+                else:
+                    name = " ".join((simple["name"] or "").split())
+                address = simple["address"] or simple["bare"]
+            else:
+                name, address = email.utils.parseaddr(piece)
             if not address:
                 continue
             mailbox, at, host = address.rpartition("@")
@@ -185,6 +197,14 @@ def addresses(value: bytes | None, utf8: bool) -> bytes:
             out.append(b"(" + (render.string(name, utf8) if name else b"NIL") + b" NIL " +
                        render.string(mailbox, utf8) + b" " + render.string(host, utf8) + b")")
     return b"(" + b"".join(out) + b")" if out else b"NIL"
+
+
+# A list with nothing that needs a real parser: no quotes, comments, groups, escapes.
+_PLAIN_LIST = re.compile(r'[^"():;\\]*\Z')
+_ATOMS = r'[^<>@\s"(),;:\\\[\]]+'
+_SIMPLE_ADDRESS = re.compile(
+    rf'\s*(?:(?:"(?P<quoted>(?:[^"\\]|\\.)*)"|(?P<name>[^"<>@,;:()\\]*?))\s*'
+    rf'<(?P<address>{_ATOMS}@{_ATOMS})>|(?P<bare>{_ATOMS}@{_ATOMS}))\s*\Z')
 
 
 def _split_addresses(value: str) -> Iterator[tuple[str, str]]:

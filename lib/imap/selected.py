@@ -15,7 +15,7 @@ import bisect
 from array import array
 
 from ..core.errors import Reject
-from ..core.replies import IMAP_NO_SAVED_RESULT, IMAP_NO_SUCH_MESSAGE, ImapData
+from ..core.replies import IMAP_NO_SUCH_MESSAGE, ImapData
 from ..store.folderindex import FolderIndex, Snapshot
 from . import render
 from .parser import STAR, SequenceSet
@@ -39,7 +39,7 @@ class Selected:
         self.flags = bytearray(snapshot.flags)
         self.recent: set[int] = set(moved)
         self.vanished: set[int] = set()   # gone from the folder, EXPUNGE not yet sent
-        self.saved: list[int] | None = None     # SEARCH RETURN (SAVE): UIDs (RFC 5182)
+        self.saved: list[int] = []        # SEARCH RETURN (SAVE): UIDs (RFC 5182)
 
     @property
     def count(self) -> int:
@@ -62,9 +62,7 @@ class Selected:
         """Positions (0-based, ascending) named by a sequence set of numbers or
         UIDs. Numbers out of range are a BAD (RFC 9051 6.4.8 makes missing UIDs
         simply match nothing)."""
-        if messages.saved:
-            if self.saved is None:
-                raise Reject(IMAP_NO_SAVED_RESULT)
+        if messages.saved:                    # RFC 5182 2.1: nothing saved yet is empty
             found = (self.position(uid) for uid in self.saved)
             return sorted(p for p in found if p is not None)
         if by_uid:

@@ -216,8 +216,8 @@ class FolderIndex:
                 highest = int(number)
                 uids[base.decode("utf-8", "surrogateescape")] = highest
         self._gone &= uids.keys()
-        for base in self._gone:
-            del uids[base]
+        for expunged in self._gone:
+            del uids[expunged]
         self._uids = uids
         self._validity = int(fields[b"V"])
         given = fields.get(b"N", b"")
