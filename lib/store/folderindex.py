@@ -17,12 +17,17 @@ new/ to cur/ (as Dovecot does) and may call them \\Recent.
 
 The folder is listed only when new/, cur/ or the UID list changed since the
 last look (mtimes, inode, size), and only trusted unchanged once the folders
-have been still for STABLE_FOLDER_NS (mtimes are coarse). One FolderIndex
-per folder and process is shared by every session (`folders.MailStore`).
+have been still for STABLE_FOLDER_NS (mtimes are coarse). A listing is
+compared with the last one as sets of names, so a flag change costs two
+readdirs and a set difference, not a rebuild of 10,000 entries. One
+FolderIndex per folder and process is shared by every session
+(`folders.MailStore`); it knows each message's current file name, so a
+rename by one session is no surprise to another.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import errno
 import fcntl
@@ -97,7 +102,10 @@ class FolderIndex:
         self._sizes: dict[int, int] = {}         # UID -> CRLF size, for foreign files
         self._snapshot: Snapshot | None = None
         self._stamps: tuple | None = None
-        self._waiting = False                    # files in new/ at the last listing
+        self._listing: dict[str, tuple[str, str]] = {}   # unique part -> (sub, file name)
+        self._seen_new: set[str] = set()         # the file names of the last listing
+        self._seen_cur: set[str] = set()
+        self._dirty: set[str] = set()            # renamed by us since the last look
         self._gone: set[str] = set()             # expunged, but still in the file
 
     # ------------------------------------------------------------ looking
@@ -108,29 +116,26 @@ class FolderIndex:
         that session they are \Recent. Without, new/ is left as it is."""
         with self._lock:
             stamps = self._stat()
-            if stamps is None:
-                self._names, self._snapshot = {}, None
+            if stamps is None:                       # the folder was deleted
+                self._forget_listing()
                 return Snapshot(self._validity, self._next, array("I"), b"", False), frozenset()
             if self._snapshot is not None and stamps == self._stamps and \
-                    not (claim and self._waiting):
+                    not (claim and self._seen_new):
                 return self._snapshot, frozenset()
-            listing = self._list()
-            known = {name[1].partition(":")[0] for name in self._names.values()}
-            if not known <= listing.keys():       # a rename can hide a file from one readdir
-                listing.update(self._list())
-            self._load()
+            changed, gone = self._relist()
+            changed |= self._dirty - gone
+            self._dirty.clear()
+            rebuild = self._load() or self._snapshot is None or bool(gone)
+            candidates = self._listing.keys() if rebuild else changed
+            fresh = any(base not in self._uids for base in candidates)
             moved: frozenset[int] = frozenset()
-            fresh = any(base not in self._uids for base in listing)
-            self._waiting = any(sub == "new" for sub, _ in listing.values())
-            if fresh or (claim and self._waiting) or self._validity == 0:
+            if fresh or (claim and self._seen_new) or self._validity == 0:
                 with self._flock():
                     self._load()
-                    moved = self._take_in(listing, claim)
-                self._waiting = self._waiting and not claim
-                stamps = None                  # our own renames: look again next time
-            snapshot = self._build(listing)
-            if stamps is not None and \
-                    time.time_ns() - max(stamps[0], stamps[1]) <= STABLE_FOLDER_NS:
+                    moved = self._take_in(claim)
+                rebuild = True
+            snapshot = self._build() if rebuild else self._update(changed)
+            if time.time_ns() - max(stamps[0], stamps[1]) <= STABLE_FOLDER_NS:
                 stamps = None                  # changed too recently to trust the mtimes
             self._snapshot, self._stamps = snapshot, stamps
             return snapshot, moved
@@ -147,22 +152,52 @@ class FolderIndex:
             file_stamp = ()
         return new.st_mtime_ns, cur.st_mtime_ns, new.st_ino, cur.st_ino, file_stamp
 
-    def _list(self) -> dict[str, tuple[str, str]]:
-        """unique part -> (sub, file name), new/ listed before cur/ so that a file
-        moving from one to the other is seen at least once."""
-        listing: dict[str, tuple[str, str]] = {}
-        for sub in ("new", "cur"):
-            try:
-                names = os.listdir(os.path.join(self.path, sub))
-            except FileNotFoundError:
-                continue
-            for name in names:
-                if name[:1] != ".":
-                    listing[name.partition(":")[0]] = (sub, name)
-        return listing
+    def _forget_listing(self) -> None:
+        self._names, self._snapshot, self._listing = {}, None, {}
+        self._seen_new, self._seen_cur = set(), set()
 
-    def _build(self, listing: dict[str, tuple[str, str]]) -> Snapshot:
+    def _files(self, sub: str) -> set[str]:
+        try:
+            return {name for name in os.listdir(os.path.join(self.path, sub)) if name[:1] != "."}
+        except FileNotFoundError:
+            return set()
+
+    def _relist(self) -> tuple[set[str], set[str]]:
+        """List new/ (first, so a file moving to cur/ is seen at least once) and
+        cur/; bring `_listing` up to date by the difference to the last listing.
+        Returns the unique parts that appeared or were renamed, and those gone.
+        A rename can hide a file from one readdir, so before a file is believed
+        gone the folder is listed once more."""
+        changed, gone = self._difference(self._files("new"), self._files("cur"))
+        if gone:
+            again_changed, again_gone = self._difference(self._files("new"), self._files("cur"))
+            changed |= again_changed
+            gone |= again_gone
+        listing = self._listing
+        return {b for b in changed if b in listing}, {b for b in gone if b not in listing}
+
+    def _difference(self, new: set[str], cur: set[str]) -> tuple[set[str], set[str]]:
+        listing = self._listing
+        removed: set[str] = set()
+        added: set[str] = set()
+        for sub, now, before in (("new", new, self._seen_new), ("cur", cur, self._seen_cur)):
+            for name in before - now:
+                base = name.partition(":")[0]
+                if listing.get(base) == (sub, name):
+                    del listing[base]
+                    removed.add(base)
+        for sub, now, before in (("new", new, self._seen_new), ("cur", cur, self._seen_cur)):
+            for name in now - before:
+                base = name.partition(":")[0]
+                listing[base] = (sub, name)
+                added.add(base)
+        self._seen_new, self._seen_cur = new, cur
+        return added, removed
+
+    def _build(self) -> Snapshot:
+        """The snapshot made afresh from the listing and the UID list."""
         uids = self._uids
+        listing = self._listing
         for base in [base for base in uids if base not in listing]:
             del uids[base]                      # should the name come back, it is a new message
             self._gone.add(base)
@@ -181,23 +216,42 @@ class FolderIndex:
         return Snapshot(self._validity, self._next, array("I", [uid for uid, _ in pairs]),
                         bytes(flags))
 
+    def _update(self, changed: set[str]) -> Snapshot:
+        """The last snapshot with the flags of renamed files changed (the usual
+        case: only flags changed); a full build when a UID is not in it."""
+        snapshot = self._snapshot
+        if snapshot is None:
+            return self._build()
+        uids, flags = snapshot.uids, bytearray(snapshot.flags)
+        for base in changed:
+            uid = self._uids[base]
+            entry = self._listing[base]
+            at = bisect.bisect_left(uids, uid)
+            if at == len(uids) or uids[at] != uid:
+                return self._build()
+            self._names[uid] = entry
+            flags[at] = flags_of(entry[1])
+        return snapshot._replace(flags=bytes(flags))
+
     # ------------------------------------------------------------ the UID list
 
-    def _load(self) -> None:
-        """Read the UID list again if another session (or process) changed it."""
+    def _load(self) -> bool:
+        """Read the UID list again if another session (or process) changed it;
+        True when the UIDs it holds may have changed."""
         path = os.path.join(self.path, UIDLIST)
         try:
             with open(path, "rb") as handle:
                 stat = os.fstat(handle.fileno())
                 stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
                 if stamp == self._file_stamp:
-                    return
+                    return False
                 data = handle.read()
         except FileNotFoundError:
-            if self._file_stamp is not None:          # it was deleted: start again
-                self._uids, self._validity, self._next = {}, 0, 1
-                self._file_stamp = None
-            return
+            if self._file_stamp is None:
+                return False
+            self._uids, self._validity, self._next = {}, 0, 1    # it was deleted: start again
+            self._file_stamp = None
+            return True
         lines = data.split(b"\n")
         if data[-1:] != b"\n":
             lines.pop()                               # a torn last line: never used
@@ -206,7 +260,7 @@ class FolderIndex:
         if header[:1] != [b"3"] or not fields.get(b"V", b"").isdigit():
             self._uids, self._validity, self._next = {}, 0, 1
             self._file_stamp = None                   # unreadable: rewritten when next needed
-            return
+            return True
         uids: dict[str, int] = {}
         highest = 0
         for line in lines[1:]:
@@ -223,10 +277,12 @@ class FolderIndex:
         given = fields.get(b"N", b"")
         self._next = max(int(given) if given.isdigit() else 1, highest + 1)
         self._file_stamp = stamp
+        return True
 
-    def _take_in(self, listing: dict[str, tuple[str, str]], claim: bool) -> frozenset[int]:
+    def _take_in(self, claim: bool) -> frozenset[int]:
         """Under the lock: UIDs for files without one, in delivery order; with
         `claim`, new/ to cur/."""
+        listing = self._listing
         fresh = [base for base in listing if base not in self._uids]
         fresh.sort(key=lambda base: delivery_order(self.path, listing[base][1]))
         added = []
@@ -235,25 +291,22 @@ class FolderIndex:
             added.append((self._next, base))
             self._next += 1
         moved = []
-        for base, (sub, name) in list(listing.items()):
-            if sub != "new" or not claim:
+        for base, (sub, name) in list(listing.items()) if claim else ():
+            if sub != "new":
                 continue
             target = renamed(name, flags_of(name))
             try:
                 os.rename(os.path.join(self.path, "new", name),
                           os.path.join(self.path, "cur", target))
             except FileNotFoundError:                 # POP3 took it, or moved it to cur/
-                again = self._find(base)
-                if again is None:
-                    del listing[base]
-                else:
-                    listing[base] = again
-                continue
+                continue                              # (the next listing will tell)
             listing[base] = ("cur", target)
+            self._seen_new.discard(name)
+            self._seen_cur.add(target)
             moved.append(self._uids[base])
         if self._validity == 0 or self._file_stamp is None or self._gone or \
                 any(base not in listing for base in self._uids):
-            self._rewrite(listing)              # new, or entries of expunged messages to drop
+            self._rewrite()                     # new, or entries of expunged messages to drop
         elif added:
             self._append(added)
         return frozenset(moved)
@@ -271,10 +324,11 @@ class FolderIndex:
             os.close(fd)
         self._file_stamp = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
 
-    def _rewrite(self, listing: dict[str, tuple[str, str]]) -> None:
+    def _rewrite(self) -> None:
         """The whole list again, without the messages that are gone."""
         if self._validity == 0:
             self._validity = new_validity()
+        listing = self._listing
         self._uids = {base: uid for base, uid in self._uids.items() if base in listing}
         self._gone.clear()
         lines = [f"3 V{self._validity} N{self._next}\n"]
@@ -327,27 +381,10 @@ class FolderIndex:
         raise FileNotFoundError(errno.ENOENT, f"message {uid} is gone")
 
     def _relocate(self, uid: int) -> None:
-        """Another session renamed (or removed) the file: find its name now."""
+        """Another session or POP3 renamed (or removed) a file: look again."""
         with self._lock:
-            entry = self._names.get(uid)
-            if entry is None:
-                return
-            found = self._find(entry[1].partition(":")[0])
-            if found is None:
-                del self._names[uid]
-            else:
-                self._names[uid] = found
-
-    def _find(self, base: str) -> tuple[str, str] | None:
-        for sub in ("cur", "new"):
-            try:
-                names = os.listdir(os.path.join(self.path, sub))
-            except FileNotFoundError:
-                continue
-            for name in names:
-                if name.partition(":")[0] == base:
-                    return sub, name
-        return None
+            self._stamps = None
+            self.sync()
 
     def size(self, uid: int) -> int:
         """RFC822.SIZE: the message's octets with CRLF line endings (the ,W= field)."""
@@ -397,8 +434,12 @@ class FolderIndex:
             except FileNotFoundError:
                 self._relocate(uid)
                 continue
-            with self._lock:
-                self._names[uid] = ("cur", target)
+            with self._lock:                  # the next look updates the snapshot
+                base = name.partition(":")[0]
+                self._names[uid] = self._listing[base] = ("cur", target)
+                (self._seen_cur if sub == "cur" else self._seen_new).discard(name)
+                self._seen_cur.add(target)
+                self._dirty.add(base)
             return new
         return None
 
@@ -427,7 +468,8 @@ class FolderIndex:
         with self._lock, self._flock():
             self._load()
             if self._validity == 0 or self._file_stamp is None:
-                self._rewrite(self._list())
+                self._relist()
+                self._rewrite()
             given: list[int | None] = []
             added = []
             for source, name, move in files:
@@ -439,12 +481,13 @@ class FolderIndex:
                     continue
                 base = name.partition(":")[0]
                 self._uids[base] = self._next
-                self._names[self._next] = ("cur", name)
+                self._names[self._next] = self._listing[base] = ("cur", name)
+                self._seen_cur.add(name)
                 added.append((self._next, base))
                 given.append(self._next)
                 self._next += 1
             if added:
                 self.syncer.sync(os.path.join(self.path, "cur"))
                 self._append(added)
-            self._stamps = None
+            self._snapshot = None                 # built afresh at the next look
             return given

@@ -222,3 +222,19 @@ def test_two_processes_agree_on_uids_while_mail_arrives(maildirs, account):
         os.listdir(os.path.join(account.root, "new"))
     assert list(a.uids) == list(b.uids) == list(range(1, len(files) + 1))
     assert {first.name_of(uid)[1] for uid in a.uids} == set(files)
+
+
+def test_another_process_sees_flag_changes_and_expunges(maildirs, account):
+    deliver(maildirs, 3)
+    ours, theirs = FolderIndex(account.root), FolderIndex(account.root)
+    ours.sync(claim=True)
+    before, _ = theirs.sync()
+    assert ours.change_flags(2, lambda old: old | 2) == 2     # \Flagged, by a rename
+    after, _ = theirs.sync()
+    assert after.uids is before.uids and after.flags == bytes([0, 2, 0])
+    assert theirs.name_of(2) == ours.name_of(2)
+    assert ours.remove([3]) == [3]
+    assert list(theirs.sync()[0].uids) == [1, 2]
+    assert ours.change_flags(1, lambda old: old | 16) == 16
+    assert theirs.change_flags(1, lambda old: old | 8) == 24  # its name was stale: found again
+    assert ours.sync()[0].flags == bytes([24, 2])
