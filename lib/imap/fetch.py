@@ -25,8 +25,8 @@ from ..store.folderindex import FolderIndex
 from ..store.maildir import size_field
 from . import mime, render
 from .cache import MessageCache
+from .items import BinarySize, BodyItem, FetchItem, Section
 from .message import MessageFile, envelope, select_fields, to_wire, wire_size
-from .parser import BinarySize, BodyItem, FetchItem, Section
 from .selected import Selected
 
 STREAM_OVER = 256 * 1024      # body sections above this are streamed from the file

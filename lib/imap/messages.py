@@ -15,8 +15,9 @@ from ..store.folderindex import DELETED, SEEN
 from ..store.folders import FolderMissing
 from . import render
 from .fetch import Fetcher
+from .items import BodyItem, SearchArgs, SequenceSet
 from .mailboxes import flag_mask
-from .parser import BodyItem, Command, SearchArgs, SequenceSet, StoreArgs
+from .parser import Command, StoreArgs
 from .search import Searcher
 from .selected import Selected
 

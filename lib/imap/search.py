@@ -23,8 +23,8 @@ from ..log.events import EventLog
 from ..store.maildir import size_field
 from . import mime
 from .cache import MessageCache
+from .items import STAR, SearchKey, SequenceSet
 from .message import MessageFile, field_value, header_fields
-from .parser import STAR, SearchKey, SequenceSet
 from .selected import Selected
 
 _COST = {"ALL": 0, "FLAG": 0, "NEW": 0, "OLD": 0, "RECENT": 0, "UID": 0, "SEQ": 0,

@@ -18,7 +18,7 @@ from ..core.errors import Reject
 from ..core.replies import IMAP_NO_SUCH_MESSAGE, ImapData
 from ..store.folderindex import FolderIndex, Snapshot
 from . import render
-from .parser import STAR, SequenceSet
+from .items import STAR, SequenceSet
 
 
 class ValidityChanged(Exception):

@@ -8,20 +8,9 @@ import datetime
 
 import pytest
 
+from lib.imap.items import STAR, BinarySize, BodyItem, SearchKey, Section, SequenceSet
 from lib.imap.lexer import ParseError, Reader
-from lib.imap.parser import (
-    STAR,
-    AppendArgs,
-    BinarySize,
-    BodyItem,
-    ListArgs,
-    SearchKey,
-    Section,
-    SequenceSet,
-    StoreArgs,
-    append_target,
-    parse_command,
-)
+from lib.imap.parser import AppendArgs, ListArgs, StoreArgs, append_target, parse_command
 
 
 def parse(*segments: bytes, literals=()):
