@@ -169,7 +169,7 @@ class ImapSession(SessionBasics):
 
     def line_too_long(self) -> Step:
         """The reader dropped a line: the command it belonged to is lost too."""
-        tag = self.framer.tag
+        tag = self.sasl_tag or self.framer.tag
         self.framer.drop()
         self.sasl_tag = None
         reply = r.IMAP_LINE_TOO_LONG.tagged(tag) if tag else r.IMAP_LINE_TOO_LONG
@@ -259,13 +259,16 @@ class ImapSession(SessionBasics):
         try:
             name = self.folder_name(target)
             folder = self._account().index(name).path
+            return MessageSink(folder, self.services.store.unique_base()), None
         except Reject as refused:
             return None, refused.reply
         except FolderMissing:
             return None, r.IMAP_TRY_CREATE
         except BadFolderName as error:
             return None, r.IMAP_BAD_FOLDER_NAME.fill(detail=str(error))
-        return MessageSink(folder, self.services.store.unique_base()), None
+        except OSError as error:               # the folder's tmp/ is gone, the disk is full
+            self.log.error("imap_error", user=self.user, command="APPEND", error=str(error))
+            return None, r.IMAP_TEMPORARY
 
     def feed_data(self, chunk: bytes) -> Step:
         try:

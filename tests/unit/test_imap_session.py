@@ -474,3 +474,37 @@ def test_session_class_matches_the_engine_protocol(env):
     session.close()                          # twice: nothing happens
     assert session.feed_line(b"a NOOP\r\n").replies == []
     assert PLAIN_MESSAGE and mutf7.encode("Ärger") == "&AMQ-rger"
+
+
+def test_idle_reports_another_sessions_expunge_and_flags(env):
+    for _ in range(3):
+        env.deliver()
+    idler, other = selected(env), selected(env)
+    idler.send("i IDLE\r\n")
+    other.ok("STORE 1 +FLAGS.SILENT (\\Flagged)")
+    other.ok("STORE 3 +FLAGS.SILENT (\\Deleted)")
+    other.ok("EXPUNGE")
+    step = idler.session.poll()
+    assert [str(reply) for reply in step.replies] == [
+        "* 1 FETCH (FLAGS (\\Recent \\Flagged))", "* 3 EXPUNGE"]
+    assert idler.session.poll().replies == []
+    assert idler.send("DONE\r\n") == "i OK IDLE terminated\r\n"
+
+
+def test_a_folder_deleted_under_a_session_empties_its_view(env):
+    watcher = Client(env).login()
+    watcher.ok("CREATE Lists")
+    watcher.send(b"a APPEND Lists {11+}\r\nSubject: x\n\r\n")
+    watcher.ok("SELECT Lists")
+    remover = Client(env).login()
+    assert "NO [CANNOT]" in tagged(watcher.command("DELETE Lists"))     # its own selection
+    remover.ok("DELETE Lists")
+    assert untagged(watcher.ok("NOOP")) == ["* 1 EXPUNGE"]
+
+
+def test_line_too_long_inside_authenticate_answers_its_tag(env):
+    client = Client(env)
+    client.send("s AUTHENTICATE PLAIN\r\n")
+    step = client.session.line_too_long()
+    assert str(step.replies[0]).startswith("s BAD [TOOBIG]")
+    assert client.session.max_line == 64 * 1024
