@@ -43,6 +43,7 @@ from .maildir import STABLE_FOLDER_NS, delivery_order, pop3_size_of_file, size_f
 
 UIDLIST = "imap-uidlist"
 UIDLIST_LOCK = "imap-uidlist.lock"
+DOVECOT_UIDLIST = "dovecot-uidlist"           # read once when a folder has no list of ours
 # Maildir info letters of the IMAP system flags, as bits of one byte per message.
 FLAG_LETTERS = {"D": 1, "F": 2, "R": 4, "S": 8, "T": 16}
 FLAG_NAMES = {1: "\\Draft", 2: "\\Flagged", 4: "\\Answered", 8: "\\Seen", 16: "\\Deleted"}
@@ -129,7 +130,8 @@ class FolderIndex:
             candidates = self._listing.keys() if rebuild else changed
             fresh = any(base not in self._uids for base in candidates)
             moved: frozenset[int] = frozenset()
-            if fresh or (claim and self._seen_new) or self._validity == 0:
+            if fresh or (claim and self._seen_new) or self._validity == 0 or \
+                    self._file_stamp is None:
                 with self._flock():
                     self._load()
                     moved = self._take_in(claim)
@@ -237,7 +239,9 @@ class FolderIndex:
 
     def _load(self) -> bool:
         """Read the UID list again if another session (or process) changed it;
-        True when the UIDs it holds may have changed."""
+        True when the UIDs it holds may have changed. A folder that Dovecot
+        served before has no list of ours yet: Dovecot's is read instead (the
+        same format), so clients keep their UIDs across the move."""
         path = os.path.join(self.path, UIDLIST)
         try:
             with open(path, "rb") as handle:
@@ -248,19 +252,35 @@ class FolderIndex:
                 data = handle.read()
         except FileNotFoundError:
             if self._file_stamp is None:
-                return False
+                return self._validity == 0 and self._import(DOVECOT_UIDLIST)
             self._uids, self._validity, self._next = {}, 0, 1    # it was deleted: start again
             self._file_stamp = None
             return True
+        if not self._parse(data):
+            self._uids, self._validity, self._next = {}, 0, 1
+            self._file_stamp = None                   # unreadable: rewritten when next needed
+            return True
+        self._file_stamp = stamp
+        return True
+
+    def _import(self, name: str) -> bool:
+        """Another server's list, when there is one; ours is written from it soon."""
+        try:
+            with open(os.path.join(self.path, name), "rb") as handle:
+                data = handle.read()
+        except OSError:
+            return False
+        return self._parse(data)
+
+    def _parse(self, data: bytes) -> bool:
+        """Take the UIDs of a list in the version 3 format; False if it is not one."""
         lines = data.split(b"\n")
         if data[-1:] != b"\n":
             lines.pop()                               # a torn last line: never used
         header = lines[0].split() if lines else []
         fields = {item[:1]: item[1:] for item in header[1:]}
         if header[:1] != [b"3"] or not fields.get(b"V", b"").isdigit():
-            self._uids, self._validity, self._next = {}, 0, 1
-            self._file_stamp = None                   # unreadable: rewritten when next needed
-            return True
+            return False
         uids: dict[str, int] = {}
         highest = 0
         for line in lines[1:]:
@@ -276,7 +296,6 @@ class FolderIndex:
         self._validity = int(fields[b"V"])
         given = fields.get(b"N", b"")
         self._next = max(int(given) if given.isdigit() else 1, highest + 1)
-        self._file_stamp = stamp
         return True
 
     def _take_in(self, claim: bool) -> frozenset[int]:

@@ -238,3 +238,16 @@ def test_another_process_sees_flag_changes_and_expunges(maildirs, account):
     assert ours.change_flags(1, lambda old: old | 16) == 16
     assert theirs.change_flags(1, lambda old: old | 8) == 24  # its name was stale: found again
     assert ours.sync()[0].flags == bytes([24, 2])
+
+
+def test_dovecot_uids_are_kept_when_moving_from_dovecot(maildirs, account):
+    names = deliver(maildirs, 2)
+    dovecot = (f"3 V1234567 N43 Gabcdef\n41 :{names[0]}\n42 W99 :{names[1]}\n").encode()
+    with open(os.path.join(account.root, "dovecot-uidlist"), "wb") as handle:
+        handle.write(dovecot)
+    snapshot, _ = account.index("INBOX").sync()
+    assert snapshot.uidvalidity == 1234567 and list(snapshot.uids) == [41, 42]
+    deliver(maildirs, 1)
+    again, _ = FolderIndex(account.root).sync()
+    assert list(again.uids) == [41, 42, 43] and again.uidvalidity == 1234567
+    assert open(os.path.join(account.root, UIDLIST)).readline() == "3 V1234567 N43\n"
