@@ -32,6 +32,7 @@ _COST = {"ALL": 0, "FLAG": 0, "NEW": 0, "OLD": 0, "RECENT": 0, "UID": 0, "SEQ": 
          "SINCE": 2, "SENTBEFORE": 3, "SENTON": 3, "SENTSINCE": 3, "HEADER": 3,
          "BODY": 4, "TEXT": 4}
 _FLAG_BITS = {"D": 1, "F": 2, "R": 4, "S": 8, "T": 16}
+PLAIN_SEARCH_LIMIT = 1024 * 1024      # bigger messages are searched part by part
 
 
 def _cost(key: SearchKey) -> int:
@@ -52,6 +53,28 @@ class _Message:
         self._file: MessageFile | None = None
         self._header: bytes | None = None
         self._text: str | None = None
+        self._plain: bytes | None = None
+
+    def plain(self) -> bytes | None:
+        """The whole message lower-cased, when nothing in it is encoded (no
+        base64, quoted-printable, encoded words or 16-bit charsets), so that an
+        ASCII string is in its text exactly when it is in these bytes. None
+        for such messages and big ones: they are decoded part by part."""
+        if self._plain is None:
+            source = self.file()
+            if source.size > PLAIN_SEARCH_LIMIT:
+                self._plain = b""
+            else:
+                lowered = source.read(0, source.size).lower()
+                # Encodings are declared in headers: a single part has only the top one.
+                header = lowered[:len(self.header())]
+                nested = b"multipart" in header or b"message/" in header
+                looked = lowered if nested else header
+                encoded = b"=?" in looked or b"base64" in looked or \
+                    b"quoted-printable" in looked or b"utf-16" in looked or \
+                    b"utf-32" in looked or b"utf-7" in looked
+                self._plain = b"" if encoded else lowered
+        return self._plain or None
 
     def file(self) -> MessageFile:
         if self._file is None:
@@ -139,6 +162,11 @@ class Searcher:
             return _compare(op[4:], self._sent(message), args[0])
         if op == "HEADER":
             return _header_has(message.header(), args[0], args[1])
+        if op in ("BODY", "TEXT") and args[0].isascii():
+            plain = message.plain()
+            if plain is not None:
+                start = len(message.header()) if op == "BODY" else 0
+                return plain.find(args[0].lower().encode(), start) >= 0
         if op == "BODY":
             return args[0].casefold() in message.text()
         if op == "TEXT":
