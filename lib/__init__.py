@@ -14,6 +14,7 @@ for imports inside functions):
     outbound  next hop, the SMTP client, the queue runner, DSNs, DKIM signing, SRS
     smtp      the SMTP engine (no sockets inside)
     pop3      the POP3 engine (no sockets inside)
+    imap      the IMAP engine (no sockets inside): parser, session, FETCH, SEARCH
     server    the only socket code: listeners, line reading, TLS wrapping; the daemon
     cli       the subcommands
 """
@@ -21,4 +22,4 @@ for imports inside functions):
 # outbound comes before the engines: the SMTP engine signs the household's mail
 # (DKIM) and rewrites forwards (SRS) before it queues them.
 LAYERS = ("core", "config", "log", "store", "checks", "session", "outbound", "smtp", "pop3",
-          "server", "cli")
+          "imap", "server", "cli")

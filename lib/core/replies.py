@@ -1,4 +1,4 @@
-"""Every SMTP and POP3 reply the server sends, as named constants.
+"""Every SMTP, POP3 and IMAP reply the server sends, as named constants.
 
 Code raises `Reject(RELAY_DENIED)`; tests assert against the same constants,
 so a grep for a reply finds every place that can send it. Enhanced status
@@ -215,3 +215,136 @@ POP_TLS_UNAVAILABLE = _pop_err("TLS is not available")
 POP_UNKNOWN_MECHANISM = _pop_err("Unsupported authentication mechanism")
 POP_BAD_CREDENTIALS = _pop_err("Cannot decode the credentials: {detail}")
 POP_UPDATE_FAILED = _pop_err("Some deleted messages were not removed", "SYS/TEMP")
+
+
+# ---------------------------------------------------------------- IMAP (RFC 9051 7.1)
+# Status responses: `<tag> OK|NO|BAD [CODE] text`, or untagged (`*`) OK, NO,
+# BAD, BYE. Response codes (the text in brackets) are RFC 9051 7.1 and RFC
+# 5530; a code may carry {placeholders} like the text.
+
+@dataclass(frozen=True)
+class ImapReply:
+    status: str                   # OK, NO, BAD, BYE, PREAUTH
+    text: str
+    code: str | None = None       # e.g. "TRYCREATE", "APPENDUID {validity} {uid}"
+    tag: str = "*"
+
+    def fill(self, **values) -> ImapReply:
+        code = self.code.format(**values) if self.code else self.code
+        return replace(self, text=self.text.format(**values), code=code)
+
+    def tagged(self, tag: str) -> ImapReply:
+        return replace(self, tag=tag)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "OK"
+
+    def to_bytes(self) -> bytes:
+        code = f" [{self.code}]" if self.code else ""
+        return f"{self.tag} {self.status}{code} {self.text}\r\n".encode("utf-8", "replace")
+
+    def __str__(self) -> str:
+        return self.to_bytes().decode("utf-8", "replace").rstrip()
+
+
+@dataclass(frozen=True)
+class ImapData:
+    """An untagged data response (`* 3 EXISTS`, `* LIST ...`), already in IMAP syntax."""
+    data: bytes
+
+    def to_bytes(self) -> bytes:
+        return b"* " + self.data + b"\r\n"
+
+    def __str__(self) -> str:
+        return "* " + self.data.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class ImapContinue:
+    """A command continuation request: `+ text` (literal, SASL, IDLE)."""
+    text: str = ""
+
+    def to_bytes(self) -> bytes:
+        return f"+ {self.text}\r\n".encode("ascii", "replace")
+
+    def __str__(self) -> str:
+        return f"+ {self.text}"
+
+
+def _imap_ok(text: str, code: str | None = None) -> ImapReply:
+    return ImapReply("OK", text, code)
+
+
+def _imap_no(text: str, code: str | None = None) -> ImapReply:
+    return ImapReply("NO", text, code)
+
+
+def _imap_bad(text: str, code: str | None = None) -> ImapReply:
+    return ImapReply("BAD", text, code)
+
+
+def _imap_bye(text: str, code: str | None = None) -> ImapReply:
+    return ImapReply("BYE", text, code)
+
+
+IMAP_GREETING = _imap_ok("{host} IMAP server ready", "CAPABILITY {capabilities}")
+IMAP_DONE = _imap_ok("{command} completed")
+IMAP_LOGGED_IN = _imap_ok("Logged in", "CAPABILITY {capabilities}")
+IMAP_LOGOUT = _imap_bye("Logging out")
+IMAP_TLS_BEGIN = _imap_ok("Begin TLS negotiation now")
+IMAP_SELECTED = _imap_ok("SELECT completed", "READ-WRITE")
+IMAP_EXAMINED = _imap_ok("EXAMINE completed", "READ-ONLY")
+IMAP_APPENDED = _imap_ok("APPEND completed", "APPENDUID {validity} {uid}")
+IMAP_COPIED = _imap_ok("COPY completed", "COPYUID {validity} {source} {target}")
+IMAP_MOVED_UIDS = _imap_ok("Moved UIDs", "COPYUID {validity} {source} {target}")   # untagged
+IMAP_IDLE_DONE = _imap_ok("IDLE terminated")
+IMAP_UIDVALIDITY = _imap_ok("UIDs valid", "UIDVALIDITY {validity}")
+IMAP_UIDNEXT = _imap_ok("Predicted next UID", "UIDNEXT {uid}")
+IMAP_UNSEEN = _imap_ok("First unseen message", "UNSEEN {number}")
+IMAP_PERMANENT_FLAGS = _imap_ok("Flags permitted", "PERMANENTFLAGS ({flags})")
+IMAP_CLOSED = _imap_ok("Previous folder closed", "CLOSED")
+IMAP_CONTINUE_LITERAL = ImapContinue("Ready for literal data")
+IMAP_CONTINUE_IDLE = ImapContinue("idling")
+IMAP_CONTINUE_SASL = ImapContinue("")
+
+IMAP_AUTH_FAILED = _imap_no("Authentication failed", "AUTHENTICATIONFAILED")
+IMAP_AUTH_LOCKED = _imap_no("Too many failed logins from your address, try again later",
+                            "UNAVAILABLE")
+IMAP_PLAINTEXT_REFUSED = _imap_no("Plaintext authentication is not allowed without TLS: "
+                                  "use STARTTLS", "PRIVACYREQUIRED")
+IMAP_UNKNOWN_MECHANISM = _imap_no("Unsupported authentication mechanism", "CANNOT")
+IMAP_TLS_UNAVAILABLE = _imap_no("TLS is not available", "CANNOT")
+IMAP_NO_SUCH_FOLDER = _imap_no("No such folder", "NONEXISTENT")
+IMAP_TRY_CREATE = _imap_no("No such folder", "TRYCREATE")
+IMAP_FOLDER_EXISTS = _imap_no("Folder already exists", "ALREADYEXISTS")
+IMAP_BAD_FOLDER_NAME = _imap_no("{detail}", "CANNOT")
+IMAP_BAD_FOLDER_ENCODING = _imap_no("Folder name is not valid modified UTF-7", "CANNOT")
+IMAP_SELECTED_FOLDER = _imap_no("Not possible with the selected folder: UNSELECT first",
+                                "CANNOT")
+IMAP_READ_ONLY = _imap_no("Folder is read-only (selected with EXAMINE)", "CANNOT")
+IMAP_TOO_BIG = _imap_no("Message exceeds the size limit", "TOOBIG")
+IMAP_EMPTY_MESSAGE = _imap_no("The message is empty", "CANNOT")
+IMAP_EXPUNGE_ISSUED = _imap_no("Some of the requested messages no longer exist",
+                               "EXPUNGEISSUED")
+IMAP_BAD_CHARSET = _imap_no("Unsupported charset", "BADCHARSET (US-ASCII UTF-8)")
+IMAP_TEMPORARY = _imap_no("Temporary server error, try again later", "UNAVAILABLE")
+IMAP_SERVER_BUG = _imap_no("Internal server error, try again later", "SERVERBUG")
+
+IMAP_SYNTAX = _imap_bad("{detail}")
+IMAP_WRONG_STATE = _imap_bad("Command not valid in this state")
+IMAP_NO_SUCH_MESSAGE = _imap_bad("Message number out of range")
+IMAP_NUL_IN_COMMAND = _imap_bad("NUL character in command")
+IMAP_LINE_TOO_LONG = _imap_bad("Command line too long", "TOOBIG")          # untagged
+IMAP_LITERAL_TOO_BIG = _imap_bad("Literal too big", "TOOBIG")
+IMAP_COMMAND_TOO_BIG = _imap_bad("Command too big", "TOOBIG")
+IMAP_AUTH_CANCELLED = _imap_bad("Authentication cancelled")
+IMAP_BAD_CREDENTIALS = _imap_bad("Cannot decode the credentials: {detail}")
+IMAP_TLS_ACTIVE = _imap_bad("TLS is already active")
+IMAP_EXPECTED_DONE = _imap_bad("Expected DONE to end IDLE")
+
+IMAP_TOO_MANY_ERRORS = _imap_bye("Too many errors, closing connection")
+IMAP_TIMEOUT = _imap_bye("Autologout; idle for too long")
+IMAP_SHUTTING_DOWN = _imap_bye("Server shutting down, closing connection", "UNAVAILABLE")
+IMAP_VALIDITY_CHANGED = _imap_bye("The folder's UIDs were renumbered; please reconnect",
+                                  "UNAVAILABLE")

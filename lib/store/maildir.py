@@ -215,6 +215,10 @@ class MaildirStore:
         """`<root>/<mailbox>/<sub>` as a string, the Maildir created if need be."""
         return os.path.join(self.ensure(mailbox), sub)
 
+    def unique_base(self) -> str:
+        """A fresh unique part for a message file name (IMAP's APPEND, COPY, MOVE)."""
+        return self._unique_base()
+
     def _unique_base(self) -> str:
         now = time.time()
         seconds = int(now)
@@ -512,6 +516,16 @@ def _publish(source: str, target: str, move: bool) -> None:
 
 
 _DELIVERY_NAME = re.compile(r"(\d+)\.M(\d+)P(\d+)(?:Q(\d+))?")
+
+
+def delivery_order(folder: str, name: str) -> tuple:
+    """The sort key that puts message files in delivery order (IMAP assigns UIDs in it)."""
+    return _sort_key(folder, name)
+
+
+def size_field(unique: str, field: str) -> int | None:
+    """A size field (",W=" or ",S=") of a file name's unique part; None when absent."""
+    return _size_field(unique, field)
 
 
 def _sort_key(folder: str, name: str) -> tuple:
