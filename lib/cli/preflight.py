@@ -16,6 +16,7 @@ from ..checks.trust import is_loopback
 from ..config.router import LOCAL, Router
 from ..config.schema import Config
 from ..core.addresses import Address
+from . import preflight_screening
 
 EXPIRY_WARNING_DAYS = 14
 SYSLOG_SOCKET = "/dev/log"
@@ -34,6 +35,7 @@ def warnings(config: Config) -> list[str]:
     found += _root_reaches_a_mailbox(config)
     found += _dns_library(config)
     found += _forwards_without_srs(config)
+    found += preflight_screening.warnings(config)
     return found
 
 

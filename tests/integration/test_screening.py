@@ -257,3 +257,24 @@ def test_recognised_senders_skip_every_check(servers, dns, spamd_daemon):
     assert checks_logged(server) == []
     skipped = [line for line in server.log_text().splitlines() if "checks=skipped" in line]
     assert len(skipped) == 2 and any("logged in as bhayden" in line for line in skipped)
+
+
+# ---------------------------------------------------------------- check's warnings
+
+def test_check_warns_about_unreachable_scanners_and_silent_lists(servers, dns):
+    dns.a("2.0.0.127.good-list.test", "127.0.0.2")
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        dead = probe.getsockname()[1]
+    server = start(servers, dns, f"dnsbl = good-list.test, typo-list.test\n"
+                                 f"clamd = 127.0.0.1:{dead}\nspamd = 127.0.0.1:{dead}",
+                   name="config", start=False)
+    done = subprocess.run([sys.executable, str(SCRIPT), "-c", str(server.ini), "check"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    warnings = [line for line in done.stdout.splitlines() if line.startswith("warning: ")]
+    assert any(f"[checks] clamd: cannot reach 127.0.0.1:{dead}" in w for w in warnings)
+    assert any(f"[checks] spamd: cannot reach 127.0.0.1:{dead}" in w for w in warnings)
+    assert any("[checks] dnsbl: typo-list.test does not list its test point" in w
+               for w in warnings)
+    assert not any("good-list.test" in w for w in warnings)
