@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..config import schema as config_module
 from ..config.router import Router
+from ..config.values import format_duration
 from ..core import passwords
 from ..core.addresses import AddressError, parse_mailbox
 from ..core.errors import ConfigError
@@ -150,6 +151,15 @@ def summary(cfg: config_module.Config) -> list[str]:
         f"tls:        {cfg.tls.cert if cfg.tls.enabled else 'off'}",
         f"relay:      {relay}",
     ]
+    c = cfg.checks
+    screening = [f"dnsbl {', '.join(c.dnsbl)}" if c.dnsbl else "",
+                 f"spf {c.spf}" if c.spf != "off" else "",
+                 f"dmarc {c.dmarc}" if c.dmarc != "off" else "",
+                 f"greylist {format_duration(c.greylist_delay)}" if c.greylist else "",
+                 f"spamd {c.spamd}" if c.spamd else "", f"rspamd {c.rspamd}" if c.rspamd else "",
+                 f"clamd {c.clamd}" if c.clamd else ""]
+    lines.append("checks:     " + ("; ".join(s for s in screening if s) or
+                                   "none (strangers' mail is not screened)"))
     if cfg.routes:
         lines.append("routes:     " + "; ".join(f"{d} -> {hp}" for d, hp in cfg.routes.items()))
     return lines
