@@ -40,8 +40,10 @@ def make_message(size: int, sender: str, recipient: str) -> bytes:
 
 
 class Client:
-    def __init__(self, host: str, port: int, timeout: float):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, host: str, port: int, timeout: float, source: str | None = None):
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
+        self.data_seconds = 0.0     # end of DATA to the reply, of the last message
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
         self.expect(220)
@@ -76,8 +78,10 @@ class Client:
         self.expect(250)
         self.expect(250)
         self.expect(354)
+        started = time.perf_counter()
         self.send(payload + b".\r\n")
         self.expect(250)
+        self.data_seconds = time.perf_counter() - started
 
     def close(self) -> None:
         try:

@@ -158,6 +158,12 @@ class Screener:
 
     # ------------------------------------------------------------ the message's own header
 
+    @property
+    def cleans_something(self) -> bool:
+        """Could clean_head remove anything (is spf, dmarc or a scanner on)?"""
+        c = self.checks
+        return c.spf != "off" or c.dmarc != "off" or bool(c.spamd or c.rspamd)
+
     def clean_head(self, head: bytes, hostname: str) -> bytes:
         """The message's header without what a stranger may not claim: an
         Authentication-Results with our authserv-id, and (when a scanner runs)

@@ -85,8 +85,10 @@ class StrangerScreening:
                 self.log.info("checks", msg=transaction.id, checks="skipped", reason=why)
             return None
         message = transaction.message
-        outcome = self.screener.message(message.readable_path(), message.content(),
-                                        self._screened(transaction))
+        checks = self.screener.checks
+        content = message.content() if checks.dmarc != "off" else b""
+        path = message.readable_path() if checks.any_scanner else message.path
+        outcome = self.screener.message(path, content, self._screened(transaction))
         for result in outcome.results:
             level = "warning" if result.failed_to_run else "info"
             getattr(self.log, level)("check", msg=transaction.id, check=result.check,
@@ -102,6 +104,7 @@ class StrangerScreening:
             cleaned = self.screener.clean_head(own, session.host)
             return without_fields(cleaned, _SUBJECT) if outcome.subject is not None else cleaned
 
-        message.rewrite(added, header)
+        if added or self.screener.cleans_something:
+            message.rewrite(added, header)
         return outcome
 

@@ -23,6 +23,8 @@ from .maildir import MaildirStore, TempMessage
 from .spool import Envelope, Recipient, Spool
 
 HEAD_SCAN_LIMIT = 256 * 1024          # look no further for the end of the header
+REWRITE_IN_PLACE = 1024 * 1024       # a message up to this is rewritten in memory, in place
+KEEP_IN_MEMORY = 256 * 1024           # a message up to this is also kept in memory while it comes
 JUNK_FOLDER = ".Junk"                 # Maildir++ folder of tagged spam (IMAP's \Junk)
 _RECEIVED = re.compile(rb"^received:", re.IGNORECASE | re.MULTILINE)
 
@@ -81,6 +83,9 @@ class Incoming:
         self._temp.write(header)
         self._head = bytearray()
         self._head_done = False
+        # The client's bytes of a small message, kept so that screening can read
+        # and rewrite it without a syscall; None once the message outgrows it.
+        self._kept: bytearray | None = bytearray()
         self.hops = header.count(b"Received:")
 
     def _new_temp(self) -> TempMessage:
@@ -93,9 +98,16 @@ class Incoming:
         """Octets of our own lines (Return-Path, Received) before the client's."""
         return len(self._return_path) + len(self._header)
 
+    @property
+    def path(self) -> Path:
+        """The file, which may not hold everything yet (see readable_path)."""
+        return Path(self._temp.path)
+
     def content(self) -> bytes:
         """The message as the client sent it (LF line endings), without our lines:
         what a DKIM verifier must see."""
+        if self._kept is not None:
+            return bytes(self._kept)
         self._temp.flush()
         with open(self._temp.path, "rb") as file:
             file.seek(self._prefix)
@@ -108,6 +120,13 @@ class Incoming:
         written again as a new file, the body copied by the kernel."""
         old = self._temp
         old.flush()
+        if old.size <= REWRITE_IN_PLACE:
+            whole = self.content()
+            end = 0 if whole.startswith(b"\n") else whole.find(b"\n\n") + 1
+            end = end if end > 0 or whole.startswith(b"\n") else len(whole)
+            old.replace_contents(self._return_path + added + self._header + header(whole[:end])
+                                 + whole[end:])
+            return
         source = os.open(old.path, os.O_RDONLY)
         try:
             start = self._prefix
@@ -141,6 +160,11 @@ class Incoming:
     def write(self, data: bytes, lines: int | None = None) -> None:
         if not self._head_done:
             self._scan_head(data)
+        if self._kept is not None:
+            if len(self._kept) + len(data) <= KEEP_IN_MEMORY:
+                self._kept += data
+            else:
+                self._kept = None
         self._temp.write(data, lines)
 
     def _scan_head(self, data: bytes) -> None:

@@ -83,6 +83,22 @@ class TempMessage:
         else:
             write_all(self._fd, data)
 
+    def replace_contents(self, data: bytes) -> None:
+        """Make the file exactly `data` (LF-only), in place: the same inode, so no
+        directory entry is made or removed (a small message rewritten after
+        screening). When nothing has reached the file yet, no syscall at all."""
+        if self.size == len(self._pending):          # all of it still in our buffer
+            self._pending = bytearray(data)
+        else:
+            self._pending = bytearray()
+            os.ftruncate(self._fd, 0)
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            write_all(self._fd, data)
+        self.size = len(data)
+        self.lines = data.count(b"\n")
+        self._last = data[-1:] or b"\n"
+        self._synced = False
+
     def copy_from(self, source: int, offset: int, count: int, lines: int) -> None:
         """Append `count` octets of file `source` from `offset` (holding `lines`
         LFs), copied inside the kernel where it can (copy_file_range)."""

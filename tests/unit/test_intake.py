@@ -9,7 +9,7 @@ import pytest
 
 from lib.core.addresses import Address
 from lib.core.durable import DirSyncer
-from lib.store.intake import HEAD_SCAN_LIMIT, Destinations, Intake
+from lib.store.intake import HEAD_SCAN_LIMIT, REWRITE_IN_PLACE, Destinations, Intake
 from lib.store.maildir import MaildirStore, pop3_size_of_file
 from lib.store.spool import Spool, new_id
 
@@ -33,7 +33,7 @@ def stored(tmp_path, target) -> list[tuple[str, bytes]]:
     return [(p.name, p.read_bytes()) for p in sorted(folder.iterdir())] if folder.exists() else []
 
 
-@pytest.mark.parametrize("body_size", [10, 3 * HEAD_SCAN_LIMIT])
+@pytest.mark.parametrize("body_size", [10, 3 * HEAD_SCAN_LIMIT, 2 * REWRITE_IN_PLACE])
 def test_rewrite_adds_fields_above_ours_and_filters_the_clients_header(intake, tmp_path,
                                                                        body_size):
     message = begin(intake)
