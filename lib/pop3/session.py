@@ -176,8 +176,9 @@ class Pop3Session(SessionBasics):
             if reject.reply in COUNTED:
                 return self._error(reject.reply)
             return self._answer_refusal(reject.reply)
-        except OSError as error:                 # the Maildir went away or the disk failed
-            self.log.exception("pop3_error", user=self.mailbox, error=str(error))
+        except OSError as error:                 # the disk failed (read-only, full, gone):
+            # a known kind of trouble, said in one line; no traceback for the admin
+            self.log.error("pop3_error", user=self.mailbox, error=str(error))
             return self._answer_refusal(replies.POP_SYS_TEMP)
 
     def _error(self, reply: PopReply) -> Step:

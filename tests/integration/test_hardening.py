@@ -168,3 +168,21 @@ def test_the_pid_file_is_refused_in_a_folder_others_can_write(tmp_path):
     assert result.returncode == 1
     assert f"[server] pid_file: {shared} can be written by other users" in result.stderr
     assert not (shared / "server.pid").exists()
+
+
+def test_a_mailbox_lock_that_cannot_be_made_is_a_sys_temp_and_one_log_line(servers):
+    server = servers(listen={"smtp": "127.0.0.1:0", "pop3": "127.0.0.1:0"})
+    _send(server.port("smtp"), ["alice@example.org"], "first")
+    maildir = server.data / "mail" / "alice"
+    subprocess.run(["chattr", "+i", str(maildir)], check=True)     # no new file in it
+    try:
+        client = poplib.POP3("127.0.0.1", server.port("pop3"), timeout=20)
+        client.user("alice")
+        with pytest.raises(poplib.error_proto) as refused:
+            client.pass_(PASSWORD)
+        assert refused.value.args[0].startswith(b"-ERR [SYS/TEMP]")
+        client.quit()
+    finally:
+        subprocess.run(["chattr", "-i", str(maildir)], check=True)
+    log = server.wait_for_log("event=pop3_error")
+    assert "Traceback" not in log
