@@ -114,7 +114,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--rounds", type=int, default=3, help="alternating runs of each")
-    parser.add_argument("--rspamd", help="also a run with [checks] rspamd = this URL")
+    parser.add_argument("--rspamd", help="also a run with [checks] rspamd = this URL; 'start': "
+                                         "start one (Debian's rspamd) on loopback, as the tests do")
     parser.add_argument("--only", action="append", metavar="CHECKS",
                         help="instead of the standard runs: this [checks] body (repeatable), "
                              "e.g. 'spf = tag', to see what costs what")
@@ -122,6 +123,7 @@ def main() -> int:
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="screening-bench-"))
     dns = FakeDNS().start()
+    rspamd = None
     try:
         key = dkim_key(make_key_pem(folder, 2048), "shop.test", "s1")
         dns.txt(key.name, key.record)
@@ -134,6 +136,10 @@ def main() -> int:
         runs = {"off": "", "dnsbl+spf+dmarc": "dnsbl = bl.test\nspf = tag\ndmarc = reject"}
         if args.only:
             runs = {"off": "", **{only: only.replace("; ", "\n") for only in args.only}}
+        if args.rspamd == "start":
+            from tests.helpers.daemons import start_rspamd
+            rspamd = start_rspamd(folder / "rspamd")
+            args.rspamd = f"http://127.0.0.1:{rspamd.port}"
         if args.rspamd:
             runs["rspamd"] = f"rspamd = {args.rspamd}"
         results: dict[str, list[dict]] = {name: [] for name in runs}
@@ -157,6 +163,8 @@ def main() -> int:
             args.json.write_text(json.dumps({"runs": results, "summary": summary}, indent=1))
     finally:
         dns.stop()
+        if rspamd is not None:
+            rspamd.stop()
         shutil.rmtree(folder, ignore_errors=True)
     return 0
 
