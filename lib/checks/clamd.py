@@ -14,12 +14,8 @@ from ..config.schema import ChecksSection
 from ..core import replies
 from .scanner_io import (
     DaemonError,
-    Deadline,
     Garbled,
-    connect,
-    exchange,
-    failure,
-    message_size,
+    converse,
     pieces,
     printable,
 )
@@ -47,16 +43,8 @@ def scan(message: Path, screened: Screened, checks: ChecksSection, timeout: floa
     address = checks.clamd
     if address is None:
         raise ValueError("[checks] clamd is not set")
-    deadline = Deadline(timeout)
-    with open(message, "rb") as body:
-        size = message_size(body)
-        try:
-            with connect(address, deadline) as sock:
-                answer = exchange(sock, _request(body, size), deadline, MAX_ANSWER)
-            result = parse_answer(answer)
-        except (OSError, Garbled, DaemonError) as error:
-            return failure(CHECK, address, error, deadline)
-    return judge(result)
+    result = converse(CHECK, address, message, _request, parse_answer, timeout, MAX_ANSWER)
+    return result if isinstance(result, CheckResult) else judge(result)
 
 
 def _request(body: BinaryIO, size: int) -> Iterator[bytes]:

@@ -7,12 +7,14 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from ..config.schema import HostPort
 from .verdict import ERROR, CheckResult
+
+T = TypeVar("T")
 
 MAX_STATUS = 900        # X-Spam-Status stays well inside one 998-octet header line
 CHUNK = 64 * 1024       # the message goes out in pieces this size, never whole: a
@@ -175,3 +177,20 @@ def spam_status(spam: bool, score: str, required: str, tests: tuple[str, ...]) -
     if len(start) + len(listed) > MAX_STATUS:
         listed = listed[:MAX_STATUS - len(start) - 4].rsplit(",", 1)[0] + ",..."
     return start + listed
+
+
+def converse(check: str, address: HostPort | Path, message: Path,
+             request: Callable[[BinaryIO, int], Iterable[bytes]],
+             parse: Callable[[bytes], T], timeout: float, limit: int) -> T | CheckResult:
+    """Send `request(message file, size)` to the daemon and parse its whole answer,
+    all within one time budget; network trouble or a garbled answer is the
+    check's error result (never an exception)."""
+    deadline = Deadline(timeout)
+    with open(message, "rb") as body:
+        size = message_size(body)
+        try:
+            with connect(address, deadline) as sock:
+                answer = exchange(sock, request(body, size), deadline, limit)
+            return parse(answer)
+        except (OSError, Garbled, DaemonError) as error:
+            return failure(check, address, error, deadline)

@@ -13,12 +13,8 @@ from ..config.schema import ChecksSection
 from ..core import replies
 from .scanner_io import (
     DaemonError,
-    Deadline,
     Garbled,
-    connect,
-    exchange,
-    failure,
-    message_size,
+    converse,
     pieces,
     printable,
     spam_status,
@@ -55,16 +51,8 @@ def scan(message: Path, screened: Screened, checks: ChecksSection, timeout: floa
     address = checks.spamd
     if address is None:
         raise ValueError("[checks] spamd is not set")
-    deadline = Deadline(timeout)
-    with open(message, "rb") as body:
-        size = message_size(body)
-        try:
-            with connect(address, deadline) as sock:
-                answer = exchange(sock, _request(body, size), deadline, MAX_ANSWER)
-            result = parse_answer(answer)
-        except (OSError, Garbled, DaemonError) as error:
-            return failure(CHECK, address, error, deadline)
-    return judge(result, checks.spam_reject_score)
+    result = converse(CHECK, address, message, _request, parse_answer, timeout, MAX_ANSWER)
+    return result if isinstance(result, CheckResult) else judge(result, checks.spam_reject_score)
 
 
 def _request(body: BinaryIO, size: int) -> Iterator[bytes]:
