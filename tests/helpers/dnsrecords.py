@@ -1,7 +1,5 @@
 """Test helpers for DKIM keys, DNS records and the dns-records command.
 
-- `RecordsDNS`: the tests' FakeDNS (tests/helpers/outbound.py) that also
-  serves TXT (split into strings as the test says), SRV and PTR records.
 - `zone_records`: zone-file text, as dns-records and dkim-keygen print it,
   parsed with dnspython's zone reader into {(name, type): [rdata text]}.
 - `txt_records`: the TXT texts in such output, by name (strings joined), for
@@ -21,62 +19,9 @@ from pathlib import Path
 
 import dns.rdatatype
 import dns.zone
-from dnslib import PTR, QTYPE, RCODE, RR, SRV, TXT, DNSLabel
-from dnslib.server import DNSError
 
 from .cli import ROOT
 from .ini import config_text
-from .outbound import FakeDNS
-
-TXT_CHUNK = 255
-
-
-class RecordsDNS(FakeDNS):
-    """FakeDNS with TXT, SRV and PTR records (the rest as FakeDNS serves it)."""
-
-    OWN_TYPES = ("TXT", "SRV", "PTR")
-
-    def txt(self, name: str, *texts: str, split: int = TXT_CHUNK) -> None:
-        """TXT records, each text cut into strings of `split` characters."""
-        self.records.setdefault(name.lower().rstrip("."), {})
-        for text in texts:
-            self._add(name, "TXT", [text[i:i + split] for i in range(0, len(text), split)]
-                      or [""])
-
-    def srv(self, name: str, priority: int, weight: int, port: int, target: str) -> None:
-        self._add(name, "SRV", (priority, weight, port, target))
-
-    def ptr(self, name: str, target: str) -> None:
-        self._add(name, "PTR", target)
-
-    def resolve(self, request, handler):
-        rtype = QTYPE[request.q.qtype]
-        if rtype not in self.OWN_TYPES:
-            return super().resolve(request, handler)
-        reply = request.reply()
-        name = str(request.q.qname).rstrip(".").lower()
-        with self._lock:
-            self.queries.append((name, rtype))
-            known = self.records.get(name)
-            values = list(known.get(rtype, [])) if known is not None else []
-        if name in self.silent:
-            raise DNSError(f"dropping the question for {name}")
-        if name in self.servfail:
-            reply.header.rcode = RCODE.SERVFAIL
-            return reply
-        if known is None:
-            reply.header.rcode = RCODE.NXDOMAIN
-            return reply
-        for value in values:
-            if rtype == "TXT":
-                rdata = TXT(value)
-            elif rtype == "SRV":
-                priority, weight, port, target = value
-                rdata = SRV(priority, weight, port, DNSLabel(target))
-            else:
-                rdata = PTR(DNSLabel(value))
-            reply.add_answer(RR(request.q.qname, getattr(QTYPE, rtype), rdata=rdata, ttl=60))
-        return reply
 
 
 def zone_records(text: str) -> dict[tuple[str, str], list[str]]:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, syntax
-from dnslib import AAAA, MX, QTYPE, RCODE, RR, TXT, A, DNSLabel
+from dnslib import AAAA, MX, PTR, QTYPE, RCODE, RR, SRV, TXT, A, DNSLabel
 from dnslib.server import BaseResolver, DNSError, DNSLogger, DNSServer
 
 from .net import HOST, free_port
@@ -66,13 +66,20 @@ class FakeDNS(BaseResolver):
         for address in addresses:
             self._add(name, "AAAA" if ":" in address else "A", address)
 
-    def txt(self, name: str, *values: str | bytes) -> None:
-        """TXT records, one per value; a value longer than 255 octets goes out as
-        several character-strings, as zone files split long DKIM keys."""
+    def txt(self, name: str, *values: str | bytes, split: int = 255) -> None:
+        """TXT records, one per value; a value longer than `split` octets goes out
+        as several character-strings, as zone files split long DKIM keys."""
         self.records.setdefault(name.lower(), {})
         for value in values:
             data = value.encode() if isinstance(value, str) else value
-            self._add(name, "TXT", [data[i:i + 255] for i in range(0, len(data), 255)] or [b""])
+            self._add(name, "TXT", [data[i:i + split] for i in range(0, len(data), split)]
+                      or [b""])
+
+    def srv(self, name: str, priority: int, weight: int, port: int, target: str) -> None:
+        self._add(name, "SRV", (priority, weight, port, target))
+
+    def ptr(self, name: str, target: str) -> None:
+        self._add(name, "PTR", target)
 
     def exists(self, name: str) -> None:
         """The name exists (NOERROR) but has no records of any asked type."""
@@ -108,6 +115,11 @@ class FakeDNS(BaseResolver):
                 rdata = A(value)
             elif rtype == "TXT":
                 rdata = TXT(value)
+            elif rtype == "SRV":
+                priority, weight, port, target = value
+                rdata = SRV(priority, weight, port, DNSLabel(target))
+            elif rtype == "PTR":
+                rdata = PTR(DNSLabel(value))
             else:
                 rdata = AAAA(value)
             reply.add_answer(RR(question.qname, getattr(QTYPE, rtype), rdata=rdata, ttl=self.ttl))

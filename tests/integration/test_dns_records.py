@@ -13,7 +13,8 @@ import pytest
 from lib.outbound import dkim
 
 from ..helpers.cli import ROOT, run_cli
-from ..helpers.dnsrecords import README_KEY, RecordsDNS, dkim_config, txt_records, zone_records
+from ..helpers.dnsrecords import README_KEY, dkim_config, txt_records, zone_records
+from ..helpers.outbound import FakeDNS
 
 HOST = "mail.example.org."
 LISTEN = {"smtp": "0.0.0.0:25", "submission": "0.0.0.0:587, [::]:587",
@@ -39,12 +40,12 @@ def keys(tmp_path_factory):
 
 @pytest.fixture
 def records_dns():
-    server = RecordsDNS().start()
+    server = FakeDNS().start()
     yield server
     server.stop()
 
 
-def config(tmp_path, keys, relay: dict | None = None, dns_server: RecordsDNS | None = None):
+def config(tmp_path, keys, relay: dict | None = None, dns_server: FakeDNS | None = None):
     relay = dict(relay or {})
     if dns_server is not None:
         relay["nameservers"] = f"127.0.0.1:{dns_server.port}"
@@ -107,7 +108,7 @@ def test_only_the_named_domains_and_never_a_foreign_one(tmp_path, keys):
 
 # ---------------------------------------------------------------- --check
 
-def publish_everything(server: RecordsDNS, keys) -> None:
+def publish_everything(server: FakeDNS, keys) -> None:
     """Every record of example.org, each written differently from what dns-records
     prints but meaning the same."""
     server.mx("example.org", (5, "MAIL.Example.ORG"), (20, "backup.example.net"))
