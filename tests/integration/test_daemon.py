@@ -271,7 +271,8 @@ def test_sysv_script_start_status_reload_stop(tmp_path):
                                      mailboxes=WITH_CAROL))
         reloaded = service("reload")
         assert reloaded.returncode == 0 and reloaded.stdout.startswith("reloaded: "), reloaded
-        assert "event=reloaded" in (tmp_path / "server.log").read_text()
+        wait_until(lambda: "event=reloaded" in (tmp_path / "server.log").read_text(),
+                   what="the reload in the log (written by its own thread)")
         send(port, "carol@example.org", "after sysv reload")
         assert service("start").stdout.startswith("mailbox-appliance is already running")
     finally:
