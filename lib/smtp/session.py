@@ -50,6 +50,7 @@ from ..core.addresses import Address, AddressError, parse_path
 from ..core.errors import Reject
 from ..core.replies import Reply
 from ..log.events import EventLog
+from ..outbound.signing import rewrite_forwards, sign_incoming
 from ..session.engine import HARD_ERROR_LIMIT, Action, ClientInfo, SessionBasics, Step
 from ..session.runtime import Runtime, Services
 from ..store.intake import path_text
@@ -616,6 +617,10 @@ class SmtpSession(SessionBasics):
             verdict = self._run_filter(transaction)
             if verdict is not None:
                 return verdict
+            log = self.log.bind(msg=transaction.id)
+            if self.may_relay:               # the household's own mail; never a stranger's
+                sign_incoming(transaction.message, self.config, log)
+            rewrite_forwards(transaction.message, self.config, self.host, log)
             accepted = transaction.commit(junk=outcome is not None and outcome.junk)
         except Exception:
             self.log.exception("data_failed", **fields)
@@ -624,7 +629,8 @@ class SmtpSession(SessionBasics):
         self.budget.forgive()
         self.log.info("accepted", **fields, sender=path_text(transaction.sender),
                       to=[str(a) for a, _ in transaction.recipients],
-                      mailboxes=list(accepted.mailboxes) or None, queue=accepted.queue_id,
+                      mailboxes=list(accepted.mailboxes) or None,
+                      queue=",".join(accepted.queue_ids) or None,
                       folder="Junk" if accepted.junk else None,
                       user=self.user, tls=self.tls.version if self.tls else None)
         return replies.ACCEPTED.fill(id=transaction.id)
