@@ -201,8 +201,7 @@ class QueueRunner:
         groups: dict[str, list[Recipient]] = {}
         for recipient in due:
             domain = recipient.address.rpartition("@")[2].lower()
-            key = "smarthost" if runtime.config.relay.mode == "smarthost" and \
-                domain not in runtime.config.routes else domain
+            key = "smarthost" if finder.via_smarthost(domain) else domain
             groups.setdefault(key, []).append(recipient)
         path = self.spool.message_path(envelope.id)
         log = self.log.bind(msg=envelope.id)
