@@ -51,6 +51,7 @@ from ..core.errors import Reject
 from ..core.replies import Reply
 from ..log.events import EventLog
 from ..outbound.signing import rewrite_forwards, sign_incoming
+from ..outbound.srsaddress import SRS_RULE, resolve_bounce
 from ..session.engine import HARD_ERROR_LIMIT, Action, ClientInfo, SessionBasics, Step
 from ..session.runtime import Runtime, Services
 from ..store.intake import path_text
@@ -500,12 +501,14 @@ class SmtpSession(SessionBasics):
         if len(transaction.recipients) >= self.config.limits.max_recipients:
             raise self._refuse(replies.TOO_MANY_RECIPIENTS, "rcpt_refused", msg=transaction.id,
                                 to=path_text(address), reason="max_recipients reached")
-        resolution = self.router.resolve(address)
+        # a bounce to a forward's SRS sender: reversed, or refused; else the router
+        resolution = resolve_bounce(self.router, address) or self.router.resolve(address)
         fields = dict(msg=transaction.id, to=path_text(address), result=resolution.result)
         if resolution.result == REJECTED:
             raise self._refuse(replies.NO_SUCH_USER, "rcpt_refused", **fields,
                                 reason=resolution.reason)
-        if resolution.result == REMOTE and not self.may_relay:
+        # a valid SRS address is relayed for anyone: it is mail coming back (srsaddress)
+        if resolution.result == REMOTE and not self.may_relay and resolution.rule != SRS_RULE:
             raise self._refuse(replies.RELAY_DENIED, "relay_denied", level="warning", **fields,
                                 client=self.client.ip,
                                 reason="client neither logged in nor in trusted_networks")
