@@ -38,17 +38,15 @@ def sign_incoming(incoming: Incoming, config: Config, log: EventLog) -> int:
     """DKIM-sign the message as the client sent it and put the signatures on top;
     the number of signatures. A message that cannot be signed is logged
     (dkim_failed) and left unsigned: never lost. Disk errors still raise."""
-    if not config.dkim.selectors():
-        return 0
-    content = incoming.content()
     try:
-        domain = from_domain(content)
+        domain = from_domain(incoming.content(HEADER_LIMIT))
     except Exception as error:                 # a header the parser chokes on
         log.warning("dkim_failed", reason=f"cannot read the From: header: {error}")
         return 0
-    if domain is None:
+    # the whole message is read only for a domain that has a key
+    if domain is None or not dkim.signer_for(config).keys(domain):
         return 0
-    fields = dkim.sign(content, domain, config, log)
+    fields = dkim.sign(incoming.content(), domain, config, log)
     if not fields:
         return 0
     for field in fields:

@@ -111,13 +111,13 @@ class Incoming:
         """Octets of our own lines (Return-Path, Received) before the client's."""
         return len(self._return_path) + len(self._header)
 
-    def content(self) -> bytes:
+    def content(self, limit: int = -1) -> bytes:
         """The message as the client sent it (LF line endings), without our lines:
-        what a DKIM verifier must see."""
+        what a DKIM verifier must see (or signer sign); its first `limit` octets."""
         self._temp.flush()
         with open(self._temp.path, "rb") as file:
             file.seek(self._prefix)
-            return file.read()
+            return file.read(limit)
 
     def rewrite(self, added: bytes, header: Callable[[bytes], bytes]) -> None:
         """Put `added` (header fields, LF endings) above our Received: line and pass

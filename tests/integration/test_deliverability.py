@@ -205,6 +205,20 @@ def test_srs_round_trip_forward_then_bounce(dns, sinks, servers):
     assert rcpt["rule"] == "srs"
 
 
+def test_a_forward_refused_downstream_bounces_to_the_original_sender(dns, sinks, servers):
+    """Our own DSN about a forward with an SRS sender is reversed, not mailed to itself."""
+    sink = sinks(replies={FORWARDED_TO: "550 5.1.1 no such user"})
+    dns.mx("remote.example", (10, "mx.remote.example"))
+    dns.a("mx.remote.example", HOST)
+    server = servers(trusted="192.0.2.0/24", aliases=FORWARD_ALIASES,
+                     relay=mx_relay(dns, sink.port) + f"srs_secret = {SECRET}\n")
+    submit(server.port(), STRANGER, ["fwd@example.org"],
+           message("refused forward", sender=STRANGER, to="fwd@example.org"))
+    [dsn] = delivered(sink, STRANGER)
+    assert dsn.sender == "" and b"no such user" in dsn.content
+    assert dns.asked(HOSTNAME) == 0              # no MX look-up of our own SRS domain
+
+
 def test_household_mail_keeps_its_sender_and_forwards_get_srs(dns, sinks, servers):
     """One message to a remote address and to a forwarding alias: two queue entries."""
     server, sink = srs_lab(dns, sinks, servers, trusted="127.0.0.0/8")
