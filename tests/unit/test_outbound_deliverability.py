@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from lib.cli.dnsrecords import spf_text
+from lib.cli.preflight import warnings
 from lib.config.router import LOCAL, REJECTED, REMOTE
 from lib.core.addresses import Address
 from lib.core.errors import ConfigError
@@ -99,3 +100,11 @@ def test_a_smarthost_route_needs_a_smarthost(load):
     with pytest.raises(ConfigError) as caught:
         load(config_text(extra="[routes]\noutlook.example = smarthost\n"))
     assert (caught.value.section, caught.value.key) == ("routes", "outlook.example")
+
+
+def test_check_warns_about_forwards_without_srs_secret(load):
+    forwards = "postmaster = bhayden\nroot = bhayden\nold = bhayden@gmail.example\n"
+    without = [w for w in warnings(load(config_text(aliases=forwards))) if "srs_secret" in w]
+    assert len(without) == 1 and "old -> bhayden@gmail.example" in without[0]
+    with_secret = load(config_text(aliases=forwards, relay={"srs_secret": SECRET}))
+    assert [w for w in warnings(with_secret) if "srs_secret" in w] == []
