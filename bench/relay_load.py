@@ -8,6 +8,10 @@ from one clock. mailbox_appliance listens on 127.0.0.1:2587 (submission) and
 delivers to the sink through a [routes] entry; everything stays on loopback.
 
     python3 bench/relay_load.py --concurrency 8 --duration 10
+    python3 bench/relay_load.py --dkim ed25519      # DKIM-signed: rsa | ed25519 | none
+
+With --dkim the script makes example.org's key (RSA 2048 or Ed25519) in the
+server's data_dir, and the sink counts the messages that arrive signed.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class Sink(socketserver.ThreadingTCPServer):
     def __init__(self):
         super().__init__(("127.0.0.1", 0), SinkHandler)
         self.arrivals: dict[str, float] = {}
+        self.signed = 0                   # messages that arrived with a DKIM-Signature
         self.lock = threading.Lock()
 
 
@@ -63,15 +68,19 @@ class SinkHandler(socketserver.StreamRequestHandler):
             elif verb == b"DATA":
                 write(b"354 go ahead\r\n")
                 bench_id = None
+                signed = False
                 while True:
                     data = self.rfile.readline()
                     if not data or data == b".\r\n":
                         break
                     if data.startswith(b"X-Bench-Id: "):
                         bench_id = data[12:].strip().decode()
+                    elif data.startswith(b"DKIM-Signature:"):
+                        signed = True
                 if bench_id:
                     with self.server.lock:
                         self.server.arrivals[bench_id] = time.monotonic()
+                        self.server.signed += signed
                 write(b"250 2.0.0 stored\r\n")
             elif verb == b"QUIT":
                 write(b"221 bye\r\n")
@@ -80,8 +89,10 @@ class SinkHandler(socketserver.StreamRequestHandler):
                 write(b"250 2.0.0 ok\r\n")
 
 
-def config(folder: Path, sink_port: int) -> Path:
+def config(folder: Path, sink_port: int, algorithm: str) -> Path:
     ini = folder / "relay.ini"
+    dkim_section = f"[dkim]\nselector = bench\nalgorithms = {algorithm}\n" \
+        if algorithm != "none" else ""
     ini.write_text(f"""[server]
 hostname = mail.example.org
 data_dir = {folder / 'data'}
@@ -100,8 +111,21 @@ example.org = *
 bench = {passwords.hash_password(PASSWORD)}
 [aliases]
 postmaster = bench
-""")
+{dkim_section}""")
+    if algorithm != "none":
+        make_keys(ini)
     return ini
+
+
+def make_keys(ini: Path) -> None:
+    """example.org's DKIM key(s) for the configured algorithm, in the data_dir."""
+    from lib.config.schema import load
+    from lib.outbound import dkim
+    cfg = load(ini)
+    for algorithm, selector in cfg.dkim.selectors().items():
+        path = dkim.key_path(cfg.server.data_dir, "example.org", selector)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(dkim.new_key_file(algorithm))
 
 
 def client_worker(args, stop_at: float, sent: dict, lock: threading.Lock, errors: list) -> None:
@@ -132,13 +156,15 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--drain", type=float, default=30.0, help="seconds to wait for the rest")
+    parser.add_argument("--dkim", choices=("none", "rsa", "ed25519"), default="none",
+                        help="sign the relayed mail with this algorithm (keys made here)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     sink = Sink()
     threading.Thread(target=sink.serve_forever, daemon=True).start()
     folder = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     server = subprocess.Popen([sys.executable, str(ROOT / "mailbox_appliance.py"), "-c",
-                               str(config(folder, sink.server_address[1])), "serve"],
+                               str(config(folder, sink.server_address[1], args.dkim)), "serve"],
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         if not server.stdout.readline().startswith("listening"):
@@ -166,7 +192,8 @@ def main() -> int:
         delivered = len(latencies)
         result = {
             "concurrency": args.concurrency, "size": args.size, "accepted": len(sent),
-            "delivered": delivered, "errors": len(errors),
+            "delivered": delivered, "errors": len(errors), "dkim": args.dkim,
+            "signed": sink.signed,
             "accepted_per_s": round(len(sent) / args.duration, 1),
             "relayed_per_s": round(delivered / (finished - started), 1),
             "p50_ms": round(statistics.median(latencies), 1) if latencies else None,
@@ -180,7 +207,8 @@ def main() -> int:
         server.wait(60)
         sink.shutdown()
         shutil.rmtree(folder, ignore_errors=True)
-    return 0 if result["delivered"] == result["accepted"] and not errors else 1
+    signed_ok = result["signed"] == (0 if args.dkim == "none" else result["delivered"])
+    return 0 if result["delivered"] == result["accepted"] and not errors and signed_ok else 1
 
 
 if __name__ == "__main__":

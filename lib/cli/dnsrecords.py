@@ -147,9 +147,11 @@ def _smtp_notes(config: config_module.Config) -> list[str]:
 
 
 def spf_text(config: config_module.Config) -> tuple[str, str | None]:
-    """The SPF record and, in smarthost mode, a comment on where its include comes from."""
+    """The SPF record and, when mail leaves through the smarthost (smarthost mode,
+    or a [routes] destination = smarthost), a comment on where its include comes from."""
     smarthost = config.relay.smarthost
-    if config.relay.mode != "smarthost" or smarthost is None:
+    routed = any(route == config_module.VIA_SMARTHOST for route in config.routes.values())
+    if (config.relay.mode != "smarthost" and not routed) or smarthost is None:
         return "v=spf1 mx -all", None
     try:
         address = ipaddress.ip_address(smarthost.host)

@@ -19,6 +19,7 @@ from ..config.router import REJECTED
 from ..core import wire
 from ..core.addresses import Address, AddressError, parse_mailbox
 from ..log.events import EventLog
+from ..outbound.signing import rewrite_forwards, sign_incoming
 from ..session.runtime import Runtime, Services, load_runtime
 from ..store.intake import Accepted, Destinations
 from ..store.spool import new_id
@@ -148,6 +149,9 @@ def submit(runtime: Runtime, services: Services, prepared: Prepared, origin: str
                                      header, utf8=utf8, origin={"sendmail": origin})
     try:
         incoming.write(prepared.message)
+        log = EventLog("sendmail").bind(msg=msg_id)
+        sign_incoming(incoming, runtime.config, log)        # the household's own mail
+        rewrite_forwards(incoming, runtime.config, runtime.hostname, log)
         return incoming.commit()
     except BaseException:
         incoming.discard()
@@ -205,7 +209,7 @@ def _log_accepted(done: Accepted, prepared: Prepared, uid: int) -> None:
     EventLog("sendmail").info(
         "accepted", msg=done.id, size=len(prepared.message), origin="sendmail", uid=uid,
         sender=f"<{prepared.sender}>", to=prepared.recipients,
-        mailboxes=list(done.mailboxes) or None, queue=done.queue_id)
+        mailboxes=list(done.mailboxes) or None, queue=",".join(done.queue_ids) or None)
 
 
 def _unreadable(path: Path) -> bool:

@@ -238,6 +238,7 @@ SCHEMA: dict[str, tuple[type, tuple[Key, ...]]] = {
         Key("srs_secret", to_text, ""),
     )),
 }
+VIA_SMARTHOST = "smarthost"          # a [routes] value: that destination via [relay] smarthost
 MAP_SECTIONS = ("routes", "domains", "mailboxes", "aliases")
 SMARTHOST_DEFAULT_PORT = {"starttls": 587, "tls": 465, "none": 25}
 
@@ -253,7 +254,7 @@ class Config:
     checks: ChecksSection
     dkim: DkimSection
     relay: RelaySection
-    routes: Mapping[str, HostPort]
+    routes: Mapping[str, HostPort | str]             # host:port, or VIA_SMARTHOST
     domains: Mapping[str, frozenset[str] | str]     # domain -> mailboxes or ALL_MAILBOXES
     mailboxes: Mapping[str, str]                     # name -> password hash
     aliases: Mapping[str, tuple[str, ...]]           # key as written (lower case) -> targets
@@ -369,7 +370,7 @@ def _build(parser: configparser.ConfigParser, path: Path,
         path=path.resolve(), server=server, listen=listen, tls=tls,
         limits=values["limits"], policy=values["policy"],
         checks=_finish_checks(values["checks"], base), dkim=values["dkim"], relay=relay,
-        routes=_routes(parser), domains=domains, mailboxes=mailboxes,
+        routes=_routes(parser, relay), domains=domains, mailboxes=mailboxes,
         aliases=_aliases(parser, domains, mailboxes),
         lines=MappingProxyType(dict(lines)))
 
@@ -495,10 +496,16 @@ def _domain_key(section: str, key: str) -> str:
         raise ConfigError(section, key, f"not a domain name: {error}") from None
 
 
-def _routes(parser) -> Mapping[str, HostPort]:
-    routes = {}
+def _routes(parser, relay: RelaySection) -> Mapping[str, HostPort | str]:
+    routes: dict[str, HostPort | str] = {}
     for key, value in _map_items(parser, "routes"):
         domain = _domain_key("routes", key)
+        if value.strip().lower() == VIA_SMARTHOST:
+            # e.g. a provider that blocks home IP ranges, while the rest goes direct
+            if relay.smarthost is None:
+                raise ConfigError("routes", key, "= smarthost needs [relay] smarthost")
+            routes[domain] = VIA_SMARTHOST
+            continue
         try:
             routes[domain] = to_host_port(value, ip_only=False, default_port=25)
         except Invalid as error:

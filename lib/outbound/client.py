@@ -37,7 +37,8 @@ CACHE_MAX_USES = 100          # transactions per connection before a fresh one
 class Outcome:
     """What one attempt did to each recipient address."""
     relay: str                        # host[ip]:port that answered, for the log; "none"
-    tls: str | None = None
+    tls: str | None = None            # the TLS version ("TLSv1.3"); None: plain text
+    verified: bool = False            # the certificate was checked against the hop's name
     results: dict[str, Result] = field(default_factory=dict)    # address -> result
     idle: bool = False                # the session is between transactions: reusable
 
@@ -54,6 +55,7 @@ class HopClient(smtplib.SMTP):
         self.sock = sock
         self.tls_name = tls_name
         self.tls_version = sock.version() if isinstance(sock, ssl.SSLSocket) else None
+        self.tls_verified = isinstance(sock, ssl.SSLSocket) and _verifies(sock.context)
         self.transactions = 0         # completed on this connection, for the cache's limit
 
     def start_tls(self, context: ssl.SSLContext) -> RemoteReply:
@@ -68,6 +70,7 @@ class HopClient(smtplib.SMTP):
             self.esmtp_features = {}
             self.does_esmtp = False
             self.tls_version = secured.version()
+            self.tls_verified = _verifies(context)
         return reply
 
     def command(self, line: str) -> RemoteReply:
@@ -117,6 +120,12 @@ class ConnectionCache:
         self._open.clear()
 
 
+def _verifies(context: ssl.SSLContext) -> bool:
+    """Does a handshake with this context check the certificate and its name?
+    The smarthost's does; MX hosts' does not (RFC 7435: see tls.py)."""
+    return context.verify_mode != ssl.CERT_NONE and context.check_hostname
+
+
 def _quit(client: smtplib.SMTP) -> None:
     try:
         client.quit()
@@ -136,7 +145,7 @@ def transact(runtime: Runtime, hop: Hop, address: str, sender: str, recipients: 
     key = (hop.kind, hop.name, address, hop.port)
     client = cache.take(key) if cache is not None else None
     if client is not None:
-        outcome = Outcome(relay, client.tls_version)
+        outcome = Outcome(relay, client.tls_version, client.tls_verified)
         try:
             _transaction(client, host, sender, recipients, message_path, size, utf8, outcome)
         except AttemptFailed:
@@ -148,7 +157,7 @@ def transact(runtime: Runtime, hop: Hop, address: str, sender: str, recipients: 
             _keep_or_quit(cache, key, client, outcome)
             return outcome
     client = _open_session(runtime, hop, address, host)
-    outcome = Outcome(relay, client.tls_version)
+    outcome = Outcome(relay, client.tls_version, client.tls_verified)
     try:
         _transaction(client, host, sender, recipients, message_path, size, utf8, outcome)
     except AttemptFailed:

@@ -28,6 +28,7 @@ from ..session.runtime import Runtime, Services
 from ..store.intake import Destinations
 from ..store.spool import Envelope, Recipient, new_id
 from .results import FailureKind, HostFailure, RemoteReply, Result, last_result
+from .srsaddress import SRS_RULE, resolve_bounce
 
 # Octets of the original header a DSN returns: the whole header of a normal
 # message (a dozen Received lines, DKIM and ARC signatures), never a stranger's 50 KB.
@@ -142,10 +143,12 @@ def send_dsn(runtime: Runtime, services: Services, envelope: Envelope, failed: l
     except ValueError:
         log.warning("no_bounce", to=envelope.sender, reason="the sender is not an address")
         return None
-    resolution = runtime.router.resolve(sender)
+    # a forward's SRS sender: the bounce goes straight to the original sender
+    resolution = resolve_bounce(runtime.router, sender) or runtime.router.resolve(sender)
     if resolution.result == REJECTED:
         log.warning("no_bounce", to=envelope.sender,
-                    reason="the sender is a local address that does not exist")
+                    reason=resolution.reason if resolution.rule == SRS_RULE
+                    else "the sender is a local address that does not exist")
         return None
     dsn_id = new_id()
     header = (f"Received: by {runtime.hostname} (mailbox_appliance) id {dsn_id}; "

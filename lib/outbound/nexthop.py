@@ -8,7 +8,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from ..config.schema import Config, HostPort
+from ..config.schema import VIA_SMARTHOST, Config, HostPort
 from .results import AttemptFailed, FailureKind, HostFailure, RemoteReply
 
 DNS_LIFETIME = 20.0          # seconds for one look-up, every retry and server included
@@ -37,15 +37,23 @@ class HopFinder:
     def hops(self, domain: str) -> list[Hop]:
         relay = self.config.relay
         route = self.config.routes.get(domain)
-        if route is not None:
+        if isinstance(route, HostPort):
             return [self._static(route, "route")]
-        if relay.mode == "smarthost" and relay.smarthost is not None:
+        if self.via_smarthost(domain) and relay.smarthost is not None:
             return [self._static(relay.smarthost, "smarthost")]
         if domain.startswith("["):                 # an address literal: that host
             literal = domain[1:-1]
             literal = literal[5:] if literal.lower().startswith("ipv6:") else literal
             return [Hop(literal, (literal,), relay.mx_port, "mx")]
         return self._mx_hops(domain)
+
+    def via_smarthost(self, domain: str) -> bool:
+        """Does mail for `domain` go through the smarthost: in smarthost mode unless
+        a [routes] host takes it; in mx mode when [routes] says `smarthost`."""
+        route = self.config.routes.get(domain)
+        if route == VIA_SMARTHOST:
+            return True
+        return route is None and self.config.relay.mode == "smarthost"
 
     def _static(self, target: HostPort, kind: str) -> Hop:
         try:

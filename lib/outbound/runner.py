@@ -201,8 +201,7 @@ class QueueRunner:
         groups: dict[str, list[Recipient]] = {}
         for recipient in due:
             domain = recipient.address.rpartition("@")[2].lower()
-            key = "smarthost" if runtime.config.relay.mode == "smarthost" and \
-                domain not in runtime.config.routes else domain
+            key = "smarthost" if finder.via_smarthost(domain) else domain
             groups.setdefault(key, []).append(recipient)
         path = self.spool.message_path(envelope.id)
         log = self.log.bind(msg=envelope.id)
@@ -260,7 +259,8 @@ class QueueRunner:
                 recipient.next_attempt = min(now + wait, envelope.created + relay.give_up_after)
             pending = recipient.state == RecipientState.PENDING
             log.info("attempt", to=recipient.address, relay=outcome.relay,
-                     tls=outcome.tls or "no", reply=result.render(),
+                     tls=outcome.tls or "no", verified="yes" if outcome.verified else "no",
+                     reply=result.render(),
                      state="deferred" if pending else recipient.state.value,
                      next=_clock(recipient.next_attempt) if pending else None,
                      attempts=recipient.attempts)

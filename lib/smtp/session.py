@@ -50,6 +50,8 @@ from ..core.addresses import Address, AddressError, parse_path
 from ..core.errors import Reject
 from ..core.replies import Reply
 from ..log.events import EventLog
+from ..outbound.signing import rewrite_forwards, sign_incoming
+from ..outbound.srsaddress import SRS_RULE, resolve_bounce
 from ..session.engine import HARD_ERROR_LIMIT, Action, ClientInfo, SessionBasics, Step
 from ..session.runtime import Runtime, Services
 from ..store.intake import path_text
@@ -499,12 +501,14 @@ class SmtpSession(SessionBasics):
         if len(transaction.recipients) >= self.config.limits.max_recipients:
             raise self._refuse(replies.TOO_MANY_RECIPIENTS, "rcpt_refused", msg=transaction.id,
                                 to=path_text(address), reason="max_recipients reached")
-        resolution = self.router.resolve(address)
+        # a bounce to a forward's SRS sender: reversed, or refused; else the router
+        resolution = resolve_bounce(self.router, address) or self.router.resolve(address)
         fields = dict(msg=transaction.id, to=path_text(address), result=resolution.result)
         if resolution.result == REJECTED:
             raise self._refuse(replies.NO_SUCH_USER, "rcpt_refused", **fields,
                                 reason=resolution.reason)
-        if resolution.result == REMOTE and not self.may_relay:
+        # a valid SRS address is relayed for anyone: it is mail coming back (srsaddress)
+        if resolution.result == REMOTE and not self.may_relay and resolution.rule != SRS_RULE:
             raise self._refuse(replies.RELAY_DENIED, "relay_denied", level="warning", **fields,
                                 client=self.client.ip,
                                 reason="client neither logged in nor in trusted_networks")
@@ -616,6 +620,10 @@ class SmtpSession(SessionBasics):
             verdict = self._run_filter(transaction)
             if verdict is not None:
                 return verdict
+            log = self.log.bind(msg=transaction.id)
+            if self.may_relay:               # the household's own mail; never a stranger's
+                sign_incoming(transaction.message, self.config, log)
+            rewrite_forwards(transaction.message, self.config, self.host, log)
             accepted = transaction.commit(junk=outcome is not None and outcome.junk)
         except Exception:
             self.log.exception("data_failed", **fields)
@@ -624,7 +632,8 @@ class SmtpSession(SessionBasics):
         self.budget.forgive()
         self.log.info("accepted", **fields, sender=path_text(transaction.sender),
                       to=[str(a) for a, _ in transaction.recipients],
-                      mailboxes=list(accepted.mailboxes) or None, queue=accepted.queue_id,
+                      mailboxes=list(accepted.mailboxes) or None,
+                      queue=",".join(accepted.queue_ids) or None,
                       folder="Junk" if accepted.junk else None,
                       user=self.user, tls=self.tls.version if self.tls else None)
         return replies.ACCEPTED.fill(id=transaction.id)

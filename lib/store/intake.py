@@ -6,6 +6,10 @@ The first local mailbox's tmp/ holds the file when there is one (with a
 (without it: Return-Path belongs to final delivery, RFC 5321 4.4). A message
 for both local and remote recipients is copied into the queue, minus that
 line, at commit time. `commit` returns only after every copy is fsync'd.
+
+With SRS (DESIGN 7.2) the recipients an alias forwards leave with another
+envelope sender than those the client named itself, and an envelope has one
+sender: such a message becomes two queue entries, committed together.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 from ..config.router import Resolution
 from ..core.addresses import Address, format_local_part
 from .maildir import MaildirStore, TempMessage
-from .spool import Envelope, Recipient, Spool
+from .spool import Envelope, Recipient, Spool, new_id
 
 HEAD_SCAN_LIMIT = 256 * 1024          # look no further for the end of the header
 REWRITE_IN_PLACE = 1024 * 1024       # a message up to this is rewritten in memory, in place
@@ -31,9 +35,20 @@ _RECEIVED = re.compile(rb"^received:", re.IGNORECASE | re.MULTILINE)
 
 @dataclass(frozen=True)
 class Destinations:
-    """Where one message goes: local mailboxes, and remote (address, original) pairs."""
+    """Where one message goes: local mailboxes, and remote (address, original) pairs;
+    `original` is the local address that forwarded it, "" for one the client named."""
     mailboxes: tuple[str, ...]
     remote: tuple[tuple[str, str], ...]
+
+    @property
+    def forwarded(self) -> tuple[tuple[str, str], ...]:
+        """The remote recipients a local alias forwards to."""
+        return tuple(pair for pair in self.remote if pair[1])
+
+    @property
+    def direct(self) -> tuple[tuple[str, str], ...]:
+        """The remote recipients the client named itself."""
+        return tuple(pair for pair in self.remote if not pair[1])
 
     @classmethod
     def of(cls, resolutions: list[Resolution]) -> Destinations:
@@ -51,7 +66,8 @@ class Destinations:
 class Accepted:
     id: str
     mailboxes: dict[str, str] = field(default_factory=dict)   # mailbox -> file name
-    queue_id: str | None = None
+    queue_id: str | None = None         # the first queue entry, when there is one
+    queue_ids: tuple[str, ...] = ()      # every entry: two when SRS splits the recipients
     junk: bool = False                  # the local copies went to the Junk folders
 
 
@@ -87,6 +103,8 @@ class Incoming:
         # and rewrite it without a syscall; None once the message outgrows it.
         self._kept: bytearray | None = bytearray()
         self.hops = header.count(b"Received:")
+        # SRS: the envelope sender of the forwarded recipients' entry (None: the sender)
+        self.forward_sender: str | None = None
 
     def _new_temp(self) -> TempMessage:
         if self.destinations.mailboxes:
@@ -103,15 +121,15 @@ class Incoming:
         """The file, which may not hold everything yet (see readable_path)."""
         return Path(self._temp.path)
 
-    def content(self) -> bytes:
+    def content(self, limit: int = -1) -> bytes:
         """The message as the client sent it (LF line endings), without our lines:
-        what a DKIM verifier must see."""
+        what a DKIM verifier must see (or signer sign); its first `limit` octets."""
         if self._kept is not None:
-            return bytes(self._kept)
+            return bytes(self._kept if limit < 0 else self._kept[:limit])
         self._temp.flush()
         with open(self._temp.path, "rb") as file:
             file.seek(self._prefix)
-            return file.read()
+            return file.read(limit)
 
     def rewrite(self, added: bytes, header: Callable[[bytes], bytes]) -> None:
         """Put `added` (header fields, LF endings) above our Received: line and pass
@@ -180,40 +198,56 @@ class Incoming:
             self._head_done = True
             self._head = bytearray()
 
+    def _envelopes(self) -> list[Envelope]:
+        """One queue entry, or two when the forwarded recipients get their own sender."""
+        sender = envelope_sender(self.sender)
+        groups = [(sender, self.destinations.remote)]
+        forwarded = self.destinations.forwarded
+        if self.forward_sender is not None and forwarded:
+            groups = [(sender, self.destinations.direct), (self.forward_sender, forwarded)]
+        groups = [group for group in groups if group[1]]
+        now = time.time()
+        return [Envelope(id=self.id if n == 0 else new_id(), sender=group_sender,
+                         created=now, utf8=self.utf8, origin=self.origin,
+                         recipients=[Recipient(address=a, original=o) for a, o in remote])
+                for n, (group_sender, remote) in enumerate(groups)]
+
     def commit(self, junk: bool = False) -> Accepted:
         """The commit point: fsync'd into every Maildir and the queue, or an exception.
-        `junk`: the local copies go to each mailbox's Junk folder (Maildir++ .Junk)."""
+        `junk`: the local copies go to each mailbox's Junk folder (Maildir++ .Junk).
+        Queue entries are announced only once everything is on disk, so a failure
+        can take them back (all or nothing: the client retries)."""
         if not self._head_done:
             self._scan_head(b"\n\n")
         accepted = Accepted(self.id)
         intake = self._intake
-        if self.destinations.remote:
-            envelope = Envelope(
-                id=self.id, sender=envelope_sender(self.sender), created=time.time(),
-                utf8=self.utf8, origin=self.origin,
-                recipients=[Recipient(address=a, original=o) for a, o in self.destinations.remote])
-            if self.destinations.mailboxes:
-                # Queued but not announced: nothing is sent before the local
-                # copies are on disk too, so a failure below can take it back.
-                self._temp.finish()
-                accepted.queue_id = intake.spool.enqueue_copy(
-                    Path(self._temp.path), len(self._return_path), envelope, announce=False)
-            else:
-                accepted.queue_id = intake.spool.commit(self._temp, envelope)
-                return accepted
+        envelopes = self._envelopes()
+        queued: list[str] = []
         try:
-            targets = [f"{m}/{JUNK_FOLDER}" if junk else m for m in self.destinations.mailboxes]
-            committed = intake.store.commit(self._temp, targets)
-            accepted.mailboxes = {target.partition("/")[0]: name
-                                  for target, name in committed.items()}
-            accepted.junk = junk
+            for n, envelope in enumerate(envelopes):
+                if n == len(envelopes) - 1 and not self.destinations.mailboxes:
+                    queued.append(intake.spool.commit(self._temp, envelope, announce=False))
+                else:
+                    self._temp.finish()
+                    queued.append(intake.spool.enqueue_copy(
+                        Path(self._temp.path), len(self._return_path), envelope,
+                        announce=False))
+            if self.destinations.mailboxes:
+                targets = [f"{m}/{JUNK_FOLDER}" if junk else m
+                           for m in self.destinations.mailboxes]
+                committed = intake.store.commit(self._temp, targets)
+                accepted.mailboxes = {target.partition("/")[0]: name
+                                      for target, name in committed.items()}
+                accepted.junk = junk
         except BaseException:
-            if accepted.queue_id:
-                with intake.spool.locked(accepted.queue_id, wait=True):
-                    intake.spool.remove(accepted.queue_id)   # all or nothing: the client retries
+            for queue_id in queued:
+                with intake.spool.locked(queue_id, wait=True):
+                    intake.spool.remove(queue_id)
             raise
-        if accepted.queue_id:
-            intake.spool.announce(accepted.queue_id)
+        for queue_id in queued:
+            intake.spool.announce(queue_id)
+        accepted.queue_ids = tuple(queued)
+        accepted.queue_id = queued[0] if queued else None
         return accepted
 
     def discard(self) -> None:
