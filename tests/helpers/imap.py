@@ -1,14 +1,17 @@
-"""IMAP clients for the server tests: imaplib logged in, and a raw line client
-for what imaplib cannot do (IDLE, pipelined STARTTLS, slow bytes)."""
+"""IMAP clients for the server tests: imaplib logged in, a raw line client for
+what imaplib cannot do (IDLE, pipelined STARTTLS, slow bytes), and the configs
+of the real clients (mbsync, offlineimap3)."""
 
 from __future__ import annotations
 
+import hashlib
 import imaplib
 import re
 import ssl
+from pathlib import Path
 
 from .clients import RawConnection
-from .ini import PASSWORD
+from .ini import HOSTNAME, PASSWORD
 from .net import HOST, TIMEOUT
 
 RESPONSE_CODE = re.compile(rb"\[([A-Z]+) ([^\]]*)\]")
@@ -74,3 +77,69 @@ class RawImap(RawConnection):
         assert greeting is not None and greeting.startswith(b"* OK"), greeting
         answer = self.command(b"l", f'LOGIN {user} "{PASSWORD}"'.encode())
         assert answer[-1].startswith(b"l OK"), answer
+
+
+# ---------------------------------------------------------------- configs of real clients
+
+def mbsync_config(folder: Path, port: int, cert: Path) -> Path:
+    """An mbsync config syncing every folder of alice both ways into folder/local.
+    isync 1.4 checks only DNS names against `Host`, and the test server is
+    127.0.0.1: openssl carries the TLS instead (verifying the certificate and
+    the name mail.example.org), as a Tunnel, which mbsync trusts with a password."""
+    local = folder / "local"
+    local.mkdir(parents=True, exist_ok=True)
+    tunnel = (f"openssl s_client -quiet -verify_return_error -CAfile {cert} "
+              f"-verify_hostname {HOSTNAME} -connect {HOST}:{port}")
+    path = folder / "mbsyncrc"
+    path.write_text(f"""IMAPAccount server
+Tunnel "{tunnel}"
+User alice
+Pass "{PASSWORD}"
+SSLType None
+
+IMAPStore remote
+Account server
+
+MaildirStore local
+Path {local}/
+Inbox {local}/INBOX
+SubFolders Verbatim
+
+Channel all
+Far :remote:
+Near :local:
+Patterns *
+Create Both
+Expunge Both
+SyncState *
+""")
+    return path
+
+
+def offlineimap_config(folder: Path, port: int, cert: Path) -> Path:
+    """An offlineimap3 config for alice over imaps. It matches only DNS names to
+    the host it connects to, so the certificate is pinned by its fingerprint."""
+    der = ssl.PEM_cert_to_DER_cert(cert.read_text())
+    path = folder / "offlineimaprc"
+    path.write_text(f"""[general]
+accounts = test
+metadata = {folder / "metadata"}
+
+[Account test]
+localrepository = local
+remoterepository = remote
+
+[Repository local]
+type = Maildir
+localfolders = {folder / "mail"}
+
+[Repository remote]
+type = IMAP
+remotehost = {HOST}
+remoteport = {port}
+remoteuser = alice
+remotepass = {PASSWORD}
+ssl = yes
+cert_fingerprint = {hashlib.sha512(der).hexdigest()}
+""")
+    return path

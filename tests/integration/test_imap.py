@@ -12,22 +12,34 @@ import base64
 import imaplib
 import re
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from ..helpers.clients import pop3_login, submit
-from ..helpers.imap import RawImap, imap_client, imap_login, ok, response_code
+from ..helpers.imap import (
+    RawImap,
+    imap_client,
+    imap_login,
+    mbsync_config,
+    offlineimap_config,
+    ok,
+    response_code,
+)
 from ..helpers.ini import PASSWORD
 from ..helpers.mail import SENDER, message
-from ..helpers.net import HOST
+from ..helpers.net import HOST, TIMEOUT
 from ..helpers.server import ServerProcess
 from ..helpers.tls import client_context
 
 LISTEN = {"smtp": "127.0.0.1:0", "imap": "127.0.0.1:0", "imaps": "127.0.0.1:0",
           "pop3": "127.0.0.1:0"}
 WAKE_SECONDS = 5.0          # IDLE must report a delivery within this long
+CURL = "/usr/bin/curl"
+MBSYNC = "/usr/bin/mbsync"              # Debian's isync
+OFFLINEIMAP = "/usr/bin/offlineimap"    # Debian's offlineimap3
 
 
 @pytest.fixture
@@ -376,3 +388,95 @@ def test_authenticate_plain_with_an_initial_response(start):
         token = base64.b64encode(f"\0alice\0{PASSWORD}".encode())
         answer = raw.command(b"a", b"AUTHENTICATE PLAIN " + token)
         assert answer[-1].startswith(b"a OK"), answer
+
+
+# ---------------------------------------------------------------- real clients
+
+def run_client(*command: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([str(part) for part in command], cwd=cwd, capture_output=True,
+                            text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, (command, result.stdout[-2000:], result.stderr[-2000:])
+    return result
+
+
+def test_curl_lists_and_fetches_over_imap_and_imaps(start, certificate, tmp_path):
+    server = start()
+    send(server, "for curl", "curl body text")
+    user = ["-u", f"alice:{PASSWORD}", "--cacert", str(certificate[0])]
+    listing = run_client(CURL, "-sS", *user, f"imaps://{HOST}:{server.port('imaps')}/",
+                         cwd=tmp_path).stdout
+    assert re.search(r'\\Sent\) "\." "?Sent', listing) and '"INBOX"' in listing, listing
+    search = run_client(CURL, "-sS", "--ssl-reqd", *user, "-X", "UID SEARCH ALL",
+                        f"imap://{HOST}:{server.port('imap')}/INBOX", cwd=tmp_path).stdout
+    assert search.strip() == "* SEARCH 1", search
+    body = run_client(CURL, "-sS", "--ssl-reqd", *user,
+                      f"imap://{HOST}:{server.port('imap')}/INBOX;UID=1", cwd=tmp_path).stdout
+    assert "Subject: for curl" in body and "curl body text" in body
+    body = run_client(CURL, "-sS", *user, f"imaps://{HOST}:{server.port('imaps')}/INBOX;UID=1",
+                      cwd=tmp_path).stdout
+    assert "curl body text" in body
+
+
+def local_files(folder: Path) -> dict[str, str]:
+    """{Subject: Maildir flags} of the messages in a local Maildir folder."""
+    found = {}
+    for sub in ("new", "cur"):
+        for path in (folder / sub).iterdir():
+            subject = re.search(rb"^Subject: (.*)$", path.read_bytes(), re.M)
+            assert subject, path
+            found[subject.group(1).decode().strip()] = path.name.partition(":2,")[2]
+    return found
+
+
+def test_mbsync_syncs_a_whole_account_both_ways(start, certificate, tmp_path):
+    server = start()
+    send(server, "one")
+    send(server, "two")
+    client = imap_login(server.port("imap"))
+    ok(client.select("INBOX"))
+    ok(client.store("1", "+FLAGS", r"\Flagged"))
+    config = mbsync_config(tmp_path / "mbsync", server.port("imaps"), certificate[0])
+    local = tmp_path / "mbsync" / "local"
+
+    run_client(MBSYNC, "-c", config, "-a", cwd=tmp_path)
+    assert local_files(local / "INBOX") == {"one": "F", "two": ""}
+    assert (local / "Sent").is_dir() and (local / "Junk").is_dir()
+
+    # both sides change: a message written locally into Sent, a flag set locally,
+    # a delivery and a flag on the server
+    sent = local / "Sent" / "new" / "1700000000.local.host"
+    sent.write_bytes(message("written locally", "from the laptop").replace(b"\r\n", b"\n"))
+    [two] = [p for sub in ("new", "cur") for p in (local / "INBOX" / sub).iterdir()
+             if b"Subject: two" in p.read_bytes()]
+    two.rename(local / "INBOX" / "cur" / (two.name.partition(":2,")[0] + ":2,RS"))
+    send(server, "three")
+    ok(client.store("1", "+FLAGS", r"\Seen"))
+
+    run_client(MBSYNC, "-c", config, "-a", cwd=tmp_path)
+    assert local_files(local / "INBOX") == {"one": "FS", "two": "RS", "three": ""}
+    ok(client.select("Sent"))
+    data = ok(client.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])"))
+    assert b"written locally" in data[0][1]
+    assert len(list((home(server) / ".Sent" / "cur").iterdir()) +
+               list((home(server) / ".Sent" / "new").iterdir())) == 1
+    ok(client.select("INBOX"))
+    flags = ok(client.fetch("2", "(FLAGS)"))[0]
+    assert b"\\Answered" in flags and b"\\Seen" in flags
+    client.logout()
+
+
+def test_offlineimap3_syncs_once(start, certificate, tmp_path):
+    server = start()
+    send(server, "offline one")
+    send(server, "offline two")
+    client = imap_login(server.port("imap"))
+    ok(client.select("INBOX"))
+    ok(client.store("2", "+FLAGS", r"\Flagged"))
+    client.logout()
+    folder = tmp_path / "offlineimap"
+    folder.mkdir()
+    config = offlineimap_config(folder, server.port("imaps"), certificate[0])
+    result = run_client(OFFLINEIMAP, "-c", config, "-o", "-u", "basic", cwd=tmp_path)
+    assert "ERROR" not in result.stdout + result.stderr, result.stdout[-2000:]
+    assert local_files(folder / "mail" / "INBOX") == {"offline one": "", "offline two": "F"}
+    assert (folder / "mail" / "Trash").is_dir()
