@@ -480,3 +480,23 @@ def test_offlineimap3_syncs_once(start, certificate, tmp_path):
     assert "ERROR" not in result.stdout + result.stderr, result.stdout[-2000:]
     assert local_files(folder / "mail" / "INBOX") == {"offline one": "", "offline two": "F"}
     assert (folder / "mail" / "Trash").is_dir()
+
+
+# ---------------------------------------------------------------- the config
+
+def test_check_knows_the_imap_listeners(servers, certificate):
+    with_tls = servers(name="tls", start=False, tls=certificate,
+                       listen={"imap": "0.0.0.0:0", "imaps": "127.0.0.1:0"})
+    result = with_tls.cli("check")
+    assert result.returncode == 0, result.stderr
+    assert "imap 0.0.0.0:0" in result.stdout and "imaps 127.0.0.1:0" in result.stdout
+
+    clear = servers(name="clear", start=False, listen={"imap": "0.0.0.0:0"})
+    result = clear.cli("check")
+    assert "no [tls] while imap 0.0.0.0:0 listen beyond this machine" in \
+        result.stdout + result.stderr
+
+    no_tls = servers(name="notls", start=False, listen={"imaps": "127.0.0.1:0"})
+    result = no_tls.cli("check")
+    assert result.returncode != 0
+    assert "[listen] imaps" in result.stderr and "needs [tls]" in result.stderr
