@@ -95,6 +95,16 @@ class Fetcher:
         is opened, so each response is formatted straight from the snapshot."""
         view = self.view
         uids, masks, recent = view.uids, view.flags, view.recent
+        plain, marked = render.FLAG_LISTS, render.RECENT_FLAG_LISTS
+        if items == ("UID", "FLAGS") and not changed:        # UID FETCH 1:* (FLAGS): the usual
+            for start in range(0, len(positions), FLAG_LINES_BATCH):
+                yield b"".join([
+                    b"* %d FETCH (UID %d FLAGS %s)\r\n" % (
+                        position + 1, uids[position],
+                        (marked if uids[position] in recent else plain)[masks[position] & 31])
+                    for position in positions[start:start + FLAG_LINES_BATCH]])
+            yield IMAP_DONE.fill(command=name).tagged(tag).to_bytes()
+            return
         pending: list[bytes] = []
         for position in positions:
             uid = uids[position]

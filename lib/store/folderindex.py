@@ -310,26 +310,41 @@ class FolderIndex:
             self._uids[base] = self._next
             added.append((self._next, base))
             self._next += 1
-        moved = []
-        for base, (sub, name) in list(listing.items()) if claim else ():
-            if sub != "new":
-                continue
-            target = renamed(name, flags_of(name))
-            try:
-                os.rename(os.path.join(self.path, "new", name),
-                          os.path.join(self.path, "cur", target))
-            except FileNotFoundError:                 # POP3 took it, or moved it to cur/
-                continue                              # (the next listing will tell)
-            listing[base] = ("cur", target)
-            self._seen_new.discard(name)
-            self._seen_cur.add(target)
-            moved.append(self._uids[base])
+        moved = self._claim() if claim else []
         if self._validity == 0 or self._file_stamp is None or self._gone or \
                 any(base not in listing for base in self._uids):
             self._rewrite()                     # new, or entries of expunged messages to drop
         elif added:
             self._append(added)
         return frozenset(moved)
+
+    def _claim(self) -> list[int]:
+        """new/ to cur/: the UIDs moved. Renamed relative to open directories,
+        so the kernel walks one name per file, not the whole path."""
+        listing = self._listing
+        waiting = [(base, name) for base, (sub, name) in listing.items() if sub == "new"]
+        if not waiting:
+            return []
+        moved = []
+        new_fd = os.open(os.path.join(self.path, "new"), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            cur_fd = os.open(os.path.join(self.path, "cur"), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                for base, name in waiting:
+                    target = renamed(name, flags_of(name))
+                    try:
+                        os.rename(name, target, src_dir_fd=new_fd, dst_dir_fd=cur_fd)
+                    except FileNotFoundError:         # POP3 took it, or moved it to cur/
+                        continue                      # (the next listing will tell)
+                    listing[base] = ("cur", target)
+                    self._seen_new.discard(name)
+                    self._seen_cur.add(target)
+                    moved.append(self._uids[base])
+            finally:
+                os.close(cur_fd)
+        finally:
+            os.close(new_fd)
+        return moved
 
     def _append(self, added: list[tuple[int, str]]) -> None:
         path = os.path.join(self.path, UIDLIST)
