@@ -2,7 +2,7 @@
 on port 25 ([limits] max_connections, max_connections_per_ip); stress mode
 near the caps; refusing newcomers while the server stops.
 
-The household's listeners (submission, submissions, pop3, pop3s) must stay
+The household's listeners (submission, submissions, pop3, pop3s, imap, imaps) stay
 usable when strangers flood port 25, so strangers on the smtp listener (a
 client not in trusted_networks) may hold at most SMTP_SHARE of
 max_connections; the rest is kept for the others. Near a cap the server is

@@ -141,8 +141,8 @@ def _matches(hostname: str, pattern: str) -> bool:
 def _clear_text_logins(config: Config) -> list[str]:
     if config.tls.enabled:
         return []
-    login_kinds = ("submission", "pop3") + (("smtp",) if config.tls.plaintext_auth == "always"
-                                            else ())
+    login_kinds = ("submission", "pop3", "imap") + (
+        ("smtp",) if config.tls.plaintext_auth == "always" else ())
     exposed = [f"{kind} {address}" for kind, address in config.listen.listeners()
                if kind in login_kinds and not is_loopback(address.host)]
     if not exposed:

@@ -78,14 +78,16 @@ class ListenSection:
     submissions: tuple[HostPort, ...]
     pop3: tuple[HostPort, ...]
     pop3s: tuple[HostPort, ...]
+    imap: tuple[HostPort, ...]
+    imaps: tuple[HostPort, ...]
 
     def listeners(self) -> list[tuple[str, HostPort]]:
         """(kind, address) of every configured listener, in a stable order."""
         return [(kind, address) for kind in LISTENER_KINDS for address in getattr(self, kind)]
 
 
-LISTENER_KINDS = ("smtp", "submission", "submissions", "pop3", "pop3s")
-IMPLICIT_TLS_KINDS = ("submissions", "pop3s")
+LISTENER_KINDS = ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps")
+IMPLICIT_TLS_KINDS = ("submissions", "pop3s", "imaps")
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from .selected import Selected
 
 STREAM_OVER = 256 * 1024      # body sections above this are streamed from the file
 BATCH = 64 * 1024             # small responses are handed over in batches of this
+FLAG_LINES_BATCH = 2048       # UID/FLAGS responses handed over together
 
 
 class Gone(Exception):
@@ -58,6 +59,9 @@ class Fetcher:
                   name: str, changed: set[int]) -> Iterator[bytes]:
         """Every response, then the tagged completion; `changed` are positions
         whose \\Seen flag this FETCH set (their FLAGS are sent too)."""
+        if all(item in ("UID", "FLAGS") for item in items):
+            yield from self._flags_only(positions, items, tag, name, changed)
+            return
         missing = 0
         pending: list[bytes] = []
         size = 0
@@ -83,6 +87,36 @@ class Fetcher:
                 pending, size = [], 0
         reply: ImapReply = IMAP_EXPUNGE_ISSUED if missing else IMAP_DONE.fill(command=name)
         pending.append(reply.tagged(tag).to_bytes())
+        yield b"".join(pending)
+
+    def _flags_only(self, positions: list[int], items: tuple[FetchItem, ...], tag: str,
+                    name: str, changed: set[int]) -> Iterator[bytes]:
+        """UID and FLAGS only (how clients resynchronise a whole folder): no file
+        is opened, so each response is formatted straight from the snapshot."""
+        view = self.view
+        uids, masks, recent = view.uids, view.flags, view.recent
+        plain, marked = render.FLAG_LISTS, render.RECENT_FLAG_LISTS
+        if items == ("UID", "FLAGS") and not changed:        # UID FETCH 1:* (FLAGS): the usual
+            for start in range(0, len(positions), FLAG_LINES_BATCH):
+                yield b"".join([
+                    b"* %d FETCH (UID %d FLAGS %s)\r\n" % (
+                        position + 1, uids[position],
+                        (marked if uids[position] in recent else plain)[masks[position] & 31])
+                    for position in positions[start:start + FLAG_LINES_BATCH]])
+            yield IMAP_DONE.fill(command=name).tagged(tag).to_bytes()
+            return
+        pending: list[bytes] = []
+        for position in positions:
+            uid = uids[position]
+            flags = b"FLAGS " + render.flags(masks[position], uid in recent)
+            fields = [b"UID %d" % uid if item == "UID" else flags for item in items]
+            if position in changed and "FLAGS" not in items:
+                fields.append(flags)
+            pending.append(b"* %d FETCH (%s)\r\n" % (position + 1, b" ".join(fields)))
+            if len(pending) >= FLAG_LINES_BATCH:
+                yield b"".join(pending)
+                pending = []
+        pending.append(IMAP_DONE.fill(command=name).tagged(tag).to_bytes())
         yield b"".join(pending)
 
     # ------------------------------------------------------------ one message

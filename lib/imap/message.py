@@ -12,6 +12,7 @@ its LFs.
 from __future__ import annotations
 
 import email.utils
+import functools
 import os
 import re
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ from . import render
 READ_CHUNK = 256 * 1024
 HEADER_PROBE = 16 * 1024          # first read for a header; most fit
 MAX_HEADER = 1024 * 1024          # a header longer than this is cut (for parsing only)
+ADDRESS_CACHE = 4096              # address lists remembered, rendered ...
+CACHED_ADDRESS_LIST = 512         # ... when this short (so at most a few MB)
 ENVELOPE_FIELDS = (b"date", b"subject", b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc",
                    b"in-reply-to", b"message-id")
 
@@ -167,7 +170,14 @@ def envelope(raw_header: bytes, utf8: bool = False) -> bytes:
 
 def addresses(value: bytes | None, utf8: bool) -> bytes:
     """An address list: ((name adl mailbox host) ...) with RFC 9051's group
-    markers (NIL NIL group NIL) ... (NIL NIL NIL NIL); NIL when empty."""
+    markers (NIL NIL group NIL) ... (NIL NIL NIL NIL); NIL when empty.
+    Short ones are remembered: the same correspondents write again and again."""
+    if value is not None and len(value) <= CACHED_ADDRESS_LIST:
+        return _remembered_addresses(value, utf8)
+    return _addresses(value, utf8)
+
+
+def _addresses(value: bytes | None, utf8: bool) -> bytes:
     if not value:
         return b"NIL"
     out: list[bytes] = []
@@ -198,6 +208,8 @@ def addresses(value: bytes | None, utf8: bool) -> bytes:
                        render.string(mailbox, utf8) + b" " + render.string(host, utf8) + b")")
     return b"(" + b"".join(out) + b")" if out else b"NIL"
 
+
+_remembered_addresses = functools.lru_cache(maxsize=ADDRESS_CACHE)(_addresses)
 
 # A list with nothing that needs a real parser: no quotes, comments, groups, escapes.
 _PLAIN_LIST = re.compile(r'[^"():;\\]*\Z')

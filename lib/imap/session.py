@@ -95,6 +95,7 @@ class Entry:
 
 class ImapSession(SessionBasics):
     component = "imap"
+    greet_pause = 0.0             # IMAP clients wait for the greeting; no pregreet test
 
     def __init__(self, runtime: Runtime, services: Services, client: ClientInfo,
                  log: EventLog | None = None, session_id: str | None = None,
@@ -131,6 +132,13 @@ class ImapSession(SessionBasics):
         return self.idle_tag is not None
 
     @property
+    def idle(self) -> bool:
+        """Between commands (or in IDLE), nothing in flight: a shutdown may end it at once."""
+        framer = self.framer
+        return (self.sasl_tag is None and framer.remaining == 0 and not framer.segments
+                and self.state is not State.LOGOUT)
+
+    @property
     def utf8(self) -> bool:
         """Folder names and strings in UTF-8 (IMAP4rev2 enabled), not modified UTF-7."""
         return "IMAP4REV2" in self.enabled
@@ -145,7 +153,7 @@ class ImapSession(SessionBasics):
 
     # ------------------------------------------------------------ events
 
-    def greeting(self) -> Step:
+    def greeting(self, early: bytes = b"") -> Step:
         self.log.info("connect", client=f"{self.client.ip}:{self.client.port}",
                       listener=self.client.listener, tls=self.tls.version if self.tls else None)
         return self._say(Step([r.IMAP_GREETING.fill(host=self.runtime.hostname,
@@ -186,7 +194,8 @@ class ImapSession(SessionBasics):
 
     # ------------------------------------------------------------ input
 
-    def feed_line(self, line: bytes) -> Step:
+    def feed_line(self, line: bytes, more_input: bool = False) -> Step:
+        """A command line; `more_input` is ignored (IMAP clients may pipeline freely)."""
         try:
             return self._feed_line(line)
         except Exception:                    # a bug: answer, keep the session usable

@@ -14,6 +14,12 @@ command_timeout of its first byte, however it trickles in, and DATA must
 keep up MIN_DATA_RATE; under stress (near the connection caps) the client
 gets stress_timeout instead. A session that is idle when the server stops
 is told so at once; one with a message in flight gets shutdown_grace.
+
+An IMAP client in IDLE is silent by design: while the engine is idling the
+handler waits for input in IDLE_POLL_SECONDS slices, writes what the engine's
+poll() finds meanwhile, and ends the session after IDLE_TIMEOUT (not
+command_timeout; stress_timeout under stress). The line that ends IDLE is a
+command line like any other, with its deadline.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from ..checks.connections import ConnectionTracker
 from ..config.schema import IMPLICIT_TLS_KINDS, HostPort, LimitsSection
 from ..config.tls import info_of
 from ..core import replies
+from ..imap.session import IDLE_POLL_SECONDS, IDLE_TIMEOUT, ImapSession
 from ..log.events import EventLog
 from ..pop3.session import Pop3Session
 from ..session.engine import Action, ClientInfo, Engine, EngineClass, Step
@@ -122,6 +129,9 @@ class MailServer(socketserver.ThreadingTCPServer):
             message = refusal.fill(host=self.app.runtime.hostname).to_bytes()
         elif self.kind == "pop3":
             message = replies.PopReply(False, refusal.text.split(" ", 1)[1], "SYS/TEMP").to_bytes()
+        elif self.kind == "imap":
+            message = replies.ImapReply("BYE", refusal.text.split(" ", 1)[1],
+                                        "UNAVAILABLE").to_bytes()
         else:
             message = b""                      # implicit TLS: nothing readable to say
         try:
@@ -242,6 +252,25 @@ class Connection:
                 return self.sock.recv(PREGREET_PEEK, socket.MSG_PEEK)   # b"": it hung up
         return b""
 
+    def wait_for_input(self, seconds: float, deadline: float) -> bool:
+        """IMAP IDLE: has the client sent something within `seconds`? StopNow when
+        the daemon stops (an idling session has nothing in flight), TimeoutError
+        at `deadline`."""
+        sock = self.sock
+        if self.reader.has_buffered() or (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+            return True
+        end = time.monotonic() + seconds
+        while True:
+            if self.app.closing.is_set() or self.connections.draining:
+                raise StopNow()
+            now = time.monotonic()
+            if now >= deadline:
+                raise TimeoutError("idle timeout")
+            if now >= end:
+                return False
+            if self._poller.poll(min(end - now, deadline - now, POLL_SECONDS) * 1000):
+                return True             # input, or a hang-up the read will see
+
     def pause(self, seconds: float) -> None:
         """The tarpit: wait before answering, in short slices so that a shutdown ends it."""
         end = time.monotonic() + seconds
@@ -331,13 +360,15 @@ class Connection:
 
 SESSIONS: dict[str, EngineClass] = {
     "smtp": SmtpSession, "submission": SmtpSession, "submissions": SmtpSession,
-    "pop3": Pop3Session, "pop3s": Pop3Session}
+    "pop3": Pop3Session, "pop3s": Pop3Session,
+    "imap": ImapSession, "imaps": ImapSession}
 
 
 class SessionHandler(socketserver.BaseRequestHandler):
     """Moves bytes between one client socket and one protocol session."""
 
     server: MailServer
+    _idle_since: float | None = None      # when the IMAP session's current IDLE began
 
     def handle(self) -> None:
         app = self.server.app
@@ -414,6 +445,12 @@ class SessionHandler(socketserver.BaseRequestHandler):
 
     def _next_step(self, conn: Connection, session: Engine) -> Step:
         try:
+            if isinstance(session, ImapSession) and session.idling:
+                update = self._idle_update(conn, session)
+                if update is not None:
+                    return update
+            else:
+                self._idle_since = None
             if session.receiving_data:
                 chunk = conn.read_data()
                 if not chunk:
@@ -430,3 +467,18 @@ class SessionHandler(socketserver.BaseRequestHandler):
             return session.timeout()
         except StopNow:
             return session.shutdown()
+
+    def _idle_update(self, conn: Connection, session: ImapSession) -> Step | None:
+        """In IDLE: None once the client sends something (its line is read as
+        usual), else the first poll() that found news, every IDLE_POLL_SECONDS."""
+        now = time.monotonic()
+        if self._idle_since is None:
+            self._idle_since = now
+        deadline = self._idle_since + IDLE_TIMEOUT
+        if conn.connections.stressed:
+            deadline = min(deadline, self._idle_since + conn.limits.stress_timeout)
+        while not conn.wait_for_input(IDLE_POLL_SECONDS, deadline):
+            update = session.poll()
+            if update.replies:
+                return update
+        return None

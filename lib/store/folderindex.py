@@ -17,9 +17,10 @@ new/ to cur/ (as Dovecot does) and may call them \\Recent.
 
 The folder is listed only when new/, cur/ or the UID list changed since the
 last look (mtimes, inode, size), and only trusted unchanged once the folders
-have been still for STABLE_FOLDER_NS (mtimes are coarse). A listing is
-compared with the last one as sets of names, so a flag change costs two
-readdirs and a set difference, not a rebuild of 10,000 entries. One
+have been still for STABLE_FOLDER_NS (mtimes are coarse), or FINE_STILL_NS
+where they have sub-second parts. A listing is compared with the last one
+as sets of names, so a flag change costs two readdirs and a set difference,
+not a rebuild of 10,000 entries. One
 FolderIndex per folder and process is shared by every session
 (`folders.MailStore`); it knows each message's current file name, so a
 rename by one session is no surprise to another.
@@ -137,7 +138,7 @@ class FolderIndex:
                     moved = self._take_in(claim)
                 rebuild = True
             snapshot = self._build() if rebuild else self._update(changed)
-            if time.time_ns() - max(stamps[0], stamps[1]) <= STABLE_FOLDER_NS:
+            if not _still(stamps[0], stamps[1]):
                 stamps = None                  # changed too recently to trust the mtimes
             self._snapshot, self._stamps = snapshot, stamps
             return snapshot, moved
@@ -309,26 +310,41 @@ class FolderIndex:
             self._uids[base] = self._next
             added.append((self._next, base))
             self._next += 1
-        moved = []
-        for base, (sub, name) in list(listing.items()) if claim else ():
-            if sub != "new":
-                continue
-            target = renamed(name, flags_of(name))
-            try:
-                os.rename(os.path.join(self.path, "new", name),
-                          os.path.join(self.path, "cur", target))
-            except FileNotFoundError:                 # POP3 took it, or moved it to cur/
-                continue                              # (the next listing will tell)
-            listing[base] = ("cur", target)
-            self._seen_new.discard(name)
-            self._seen_cur.add(target)
-            moved.append(self._uids[base])
+        moved = self._claim() if claim else []
         if self._validity == 0 or self._file_stamp is None or self._gone or \
                 any(base not in listing for base in self._uids):
             self._rewrite()                     # new, or entries of expunged messages to drop
         elif added:
             self._append(added)
         return frozenset(moved)
+
+    def _claim(self) -> list[int]:
+        """new/ to cur/: the UIDs moved. Renamed relative to open directories,
+        so the kernel walks one name per file, not the whole path."""
+        listing = self._listing
+        waiting = [(base, name) for base, (sub, name) in listing.items() if sub == "new"]
+        if not waiting:
+            return []
+        moved = []
+        new_fd = os.open(os.path.join(self.path, "new"), os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            cur_fd = os.open(os.path.join(self.path, "cur"), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                for base, name in waiting:
+                    target = renamed(name, flags_of(name))
+                    try:
+                        os.rename(name, target, src_dir_fd=new_fd, dst_dir_fd=cur_fd)
+                    except FileNotFoundError:         # POP3 took it, or moved it to cur/
+                        continue                      # (the next listing will tell)
+                    listing[base] = ("cur", target)
+                    self._seen_new.discard(name)
+                    self._seen_cur.add(target)
+                    moved.append(self._uids[base])
+            finally:
+                os.close(cur_fd)
+        finally:
+            os.close(new_fd)
+        return moved
 
     def _append(self, added: list[tuple[int, str]]) -> None:
         path = os.path.join(self.path, UIDLIST)
@@ -510,3 +526,16 @@ class FolderIndex:
                 self._append(added)
             self._snapshot = None                 # built afresh at the next look
             return given
+
+
+FINE_STILL_NS = 50_000_000     # still this long on a file system with sub-second mtimes
+
+
+def _still(*mtimes: int) -> bool:
+    """Have the folders been unchanged long enough that equal mtimes mean no change?
+    A file system that keeps sub-second mtimes (ext4, xfs, btrfs, tmpfs) updates
+    them every clock tick, a few ms; one with whole seconds (or FAT's two) needs
+    STABLE_FOLDER_NS. An mtime with a fraction proves the former."""
+    latest = max(mtimes)
+    still = FINE_STILL_NS if all(m % 1_000_000_000 for m in mtimes) else STABLE_FOLDER_NS
+    return time.time_ns() - latest > still
