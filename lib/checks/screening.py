@@ -25,7 +25,6 @@ from .verdict import ERROR, NOT_RUN, CheckResult, Screened
 
 # What strangers may not bring along: our verdicts are added by us, not by them.
 _OUR_TAGS = re.compile(rb"^x-spam-(flag|status)\s*:", re.IGNORECASE)
-MESSAGE_CHECKS = ("dkim", "dmarc", "clamd", "spamd", "rspamd")
 
 
 @dataclass
@@ -205,12 +204,3 @@ def without_fields(head: bytes, pattern: re.Pattern[bytes]) -> bytes:
             kept.append(line)
     return b"".join(kept)
 
-
-def results_of(outcome: Outcome | None, *before: CheckResult | None) -> list[CheckResult]:
-    """Every result of a message's screening, in the order the checks ran."""
-    found = [result for result in before if result is not None]
-    return found + (outcome.results if outcome is not None else [])
-
-
-def skipped(checks: tuple[str, ...] = MESSAGE_CHECKS) -> list[CheckResult]:
-    return [CheckResult(name, NOT_RUN, "an earlier check refused") for name in checks]
