@@ -42,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.pop3_load import rss_mb  # noqa: E402
 from lib.core import passwords  # noqa: E402
 from lib.store.maildir import MaildirStore  # noqa: E402
 
@@ -246,18 +247,6 @@ class Dovecot:
         while time.monotonic() < deadline and Path(f"/proc/{self.master}").exists():
             time.sleep(0.1)
         self.master = None
-
-
-def rss_mb(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total / 1024
 
 
 # ---------------------------------------------------------------- measurements
