@@ -278,3 +278,15 @@ def test_check_warns_about_unreachable_scanners_and_silent_lists(servers, dns):
     assert any("[checks] dnsbl: typo-list.test does not list its test point" in w
                for w in warnings)
     assert not any("good-list.test" in w for w in warnings)
+
+
+def test_screen_says_a_recognised_client_skips_every_check(servers, dns):
+    dns.a("2.0.0.127.bl.test", "127.0.0.2")
+    server = start(servers, dns, "dnsbl = bl.test\nspf = reject", trusted="192.168.77.0/24",
+                   name="screen-trusted", start=False)
+    trusted = screen(server, plain(), "--client", "192.168.77.5", "--to", "alice@example.org")
+    assert [line.get("result") for line in trusted[:-1]] == ["skipped"]
+    assert trusted[-1]["code"] == 250
+    listed = screen(server, plain(), "--client", LISTED, "--to", "alice@example.org")
+    assert listed[-1]["code"] == 554
+    assert any(line.get("check") == "dnsbl" and line["result"] == "listed" for line in listed)
