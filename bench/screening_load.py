@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import signal
 import statistics
@@ -34,6 +35,7 @@ from tests.helpers.outbound import FakeDNS  # noqa: E402
 
 SENDER = "news@shop.test"
 RECIPIENT = "bench@example.org"
+CPU_PARTS = ("user", "system", "workers", "bench")
 
 
 def config(folder: Path, port: int, dns_port: int, checks: str) -> Path:
@@ -92,21 +94,49 @@ def measure(folder: Path, dns: FakeDNS, checks: str, payload: bytes, args) -> di
             client.close()
 
         began = time.monotonic()
+        client_cpu = time.process_time()
         threads = [threading.Thread(target=work) for _ in range(args.concurrency)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(args.duration + 60)
         wall = time.monotonic() - began
+        cpu = server_cpu_seconds(server.pid)
+        client_cpu = time.process_time() - client_cpu
         data.sort()
         return {"checks": checks.replace("\n", "; ") or "off", "messages": len(totals),
                 "errors": len(errors), "first_error": errors[:1],
                 "msgs_per_s": round(len(totals) / wall, 1),
+                # CPU per message: the server's user and system time, its check
+                # workers' (both), and this client's (with the DNS server)
+                "cpu_ms_per_msg": {name: round(seconds * 1000 / len(totals), 3)
+                                   for name, seconds in zip(CPU_PARTS, (*cpu, client_cpu),
+                                                            strict=True)}
+                if totals else None,
                 "data_p50_ms": round(statistics.median(data) * 1000, 2) if data else None,
                 "data_p99_ms": round(data[int(0.99 * (len(data) - 1))] * 1000, 2) if data else None}
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
+
+
+def server_cpu_seconds(pid: int) -> tuple[float, float, float]:
+    """(user, system) CPU seconds the server has used so far, and the user and
+    system time of its check workers (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def times(process: int) -> tuple[float, float]:
+        fields = Path(f"/proc/{process}/stat").read_text().rpartition(")")[2].split()
+        return int(fields[11]) / tick, int(fields[12]) / tick
+
+    workers = 0.0
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in children.read_text().split():
+            try:
+                workers += sum(times(int(child)))
+            except OSError:
+                pass
+    return (*times(pid), workers)
 
 
 def main() -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import threading
+import time
 from types import ModuleType
 from typing import Any
 
@@ -37,6 +38,7 @@ class MissingLibrary(MailError):
         super().__init__(f"{needed_for} needs the Python package {pypi} "
                          f"({' or '.join(ways)})")
         self.module = module
+        self.needed_for = needed_for
         self.debian = debian
         self.pypi = pypi
 
@@ -67,12 +69,20 @@ class Resolver:
         self.nameservers = nameservers
         self._resolver: Any = None
         self._lock = threading.Lock()
+        # (name, type) -> (expires, records): answers dnspython gave, until their TTL
+        # runs out. Asking dnspython's own cache costs about as much as the check
+        # that asks (a Name parsed, a _Resolution made); a dict costs nothing.
+        self._answers: dict[tuple[str, str], tuple[float, list[Any]]] = {}
 
     def records(self, name: str, rdtype: str, *, lifetime: float = LIFETIME) -> list[Any]:
         """The records (dnspython rdata) of `name`; [] when the name does not exist,
         has no such record, or cannot be a DNS name; DnsFailure when DNS does not say."""
         if lifetime <= 0:
             raise DnsFailure(f"no time left to look up {name} {rdtype}")
+        key = (name.lower(), rdtype)
+        kept = self._answers.get(key)
+        if kept is not None and kept[0] > time.time():
+            return kept[1]
         dns = _dnspython()
         resolver = self._dnspython_resolver(dns)
         try:
@@ -90,7 +100,11 @@ class Resolver:
         except dns.exception.DNSException as error:
             raise DnsFailure(f"look-up of {name} {rdtype} failed: "
                              f"{type(error).__name__}") from None
-        return list(answer)
+        records = list(answer)
+        if len(self._answers) >= CACHE_ENTRIES:
+            self._answers.clear()                     # rare: start afresh, not an LRU
+        self._answers[key] = (answer.expiration, records)
+        return records
 
     def txt(self, name: str, *, lifetime: float = LIFETIME) -> list[bytes]:
         """Each TXT record of `name` as one byte string (its strings joined, RFC 7208 3.3)."""

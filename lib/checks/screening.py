@@ -22,9 +22,11 @@ from ..core.replies import SCANNER_TEMPFAIL, Reply
 from . import authresults, clamd, dmarc, dnsbl, greylist, rspamd, spamd, spf
 from .dns import MissingLibrary, Resolver, resolver
 from .verdict import ERROR, NOT_RUN, CheckResult, Screened
+from .workers import CheckWorkers
 
 # What strangers may not bring along: our verdicts are added by us, not by them.
 _OUR_TAGS = re.compile(rb"^x-spam-(flag|status)\s*:", re.IGNORECASE)
+SPF_KEPT = 100          # SPF answers a session remembers (one per envelope sender)
 
 
 @dataclass
@@ -46,14 +48,20 @@ class Screener:
     once per session (the DNSBL answer) and per transaction (SPF)."""
 
     def __init__(self, config: Config, greylisting: greylist.Greylist | None, *,
-                 record: bool = True, dns: Resolver | None = None):
+                 record: bool = True, dns: Resolver | None = None,
+                 workers: CheckWorkers | None = None):
         self.config = config
+        # DKIM/DMARC in a worker process when there is a pool, and DNS is the
+        # configured one (a Resolver handed in, a test's, stays in this process)
+        self.workers = workers if workers is not None and workers.enabled and dns is None \
+            else None
         self.checks = config.checks
         self.greylisting = greylisting if self.checks.greylist else None
         self.record = record                    # False for `screen`: the store is not changed
         self._dns = dns
         self._dnsbl: CheckResult | None = None
         self.spf: CheckResult | None = None     # of the current transaction
+        self._spf_done: dict[tuple[str, str], CheckResult] = {}   # (sender, helo) -> result
 
     @property
     def dns(self) -> Resolver:
@@ -80,12 +88,24 @@ class Screener:
         return self._dnsbl
 
     def sender(self, screened: Screened) -> CheckResult | None:
-        """SPF on MAIL FROM (the HELO name for <>), once per transaction."""
+        """SPF on MAIL FROM (the HELO name for <>), once per session and sender:
+        the client's address and HELO name do not change within a session, so
+        neither does the answer (a bulk sender's tenth message is not asked about
+        again). A temporary error is asked about again."""
         self.spf = None
         if self.checks.spf == "off":
             return None
-        self.spf = _guarded("spf", lambda: spf.check(screened, self.checks.spf, self.dns))
+        self.spf = self._spf(screened, self.checks.spf)
         return self.spf
+
+    def _spf(self, screened: Screened, mode: str) -> CheckResult:
+        key = (screened.sender, screened.helo)
+        found = self._spf_done.get(key)
+        if found is None:
+            found = _guarded("spf", lambda: spf.check(screened, mode, self.dns))
+            if found.result not in ("temperror", ERROR) and len(self._spf_done) < SPF_KEPT:
+                self._spf_done[key] = found
+        return found
 
     def recipient(self, screened: Screened, recipient: str) -> CheckResult | None:
         """Greylisting of one (network, sender, recipient) triplet."""
@@ -104,9 +124,15 @@ class Screener:
         outcome = Outcome()
         c = self.checks
         if c.dmarc != "off":
-            spf_result = self.spf.result if self.spf is not None else None
-            pair = _guarded_pair(lambda: dmarc.check(screened, head, c.dmarc, self.dns,
-                                                     spf_result=spf_result))
+            # SPF off: evaluated all the same, for DMARC's alignment only
+            spf_result = (self.spf or self._spf(screened, "tag")).result
+            if self.workers is not None:
+                workers = self.workers
+                pair = _guarded_pair(lambda: workers.dmarc(
+                    screened, head, c.dmarc, self.config.relay.nameservers, spf_result))
+            else:
+                pair = _guarded_pair(lambda: dmarc.check(screened, head, c.dmarc, self.dns,
+                                                         spf_result=spf_result))
             for result in pair:
                 self._take(outcome, result)
         timeout = self.config.policy.filter_timeout

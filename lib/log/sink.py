@@ -28,11 +28,14 @@ BATCH = 4096                 # records written in one go at the most
 
 _listener: logging.handlers.QueueListener | None = None
 
-# Every record would otherwise look up the process id and thread name; the
-# key=value line carries its own ids.
+# Every record would otherwise look up the process id and thread name, and walk
+# the stack for the caller's file and line (logging's own advice for speed is
+# _srcfile = None); the key=value line carries its own ids, and no format here
+# shows a file or line.
 logging.logProcesses = False
 logging.logThreads = False
 logging.logMultiprocessing = False
+logging._srcfile = None
 
 
 class FastQueueHandler(logging.handlers.QueueHandler):

@@ -284,6 +284,7 @@ class Daemon:
                 time.sleep(0.05)
         if self.runner is not None:
             self.runner.stop(timeout=FORCED_CLOSE_WAIT)
+        self.services.check_workers.stop()
         self._remove_pid_file()
         self._lock.release()
         self.log.info("stopped", remaining=connections.total)

@@ -11,11 +11,13 @@ from ..checks.connections import ConnectionTracker
 from ..checks.greylist import Greylist
 from ..checks.inflow import InFlow
 from ..checks.logins import Authenticator, AuthThrottle
+from ..checks.workers import CheckWorkers
 from ..config import schema as config_module
 from ..config import tls
 from ..config.router import Router
 from ..core import passwords
 from ..core.durable import DirSyncer
+from ..log.events import EventLog
 from ..store.intake import Intake
 from ..store.maildir import MaildirStore
 from ..store.spool import Spool
@@ -50,6 +52,7 @@ class Services:
     connections: ConnectionTracker
     flow: InFlow
     greylist: Greylist            # opened on first use, only when [checks] greylist = on
+    check_workers: CheckWorkers   # processes for DKIM/DMARC, started when first needed
 
     @classmethod
     def create(cls, cfg: config_module.Config) -> Services:
@@ -60,4 +63,5 @@ class Services:
         return cls(store=store, spool=spool, intake=Intake(store, spool),
                    auth=Authenticator(AuthThrottle(), passwords.VerifyCache()),
                    connections=ConnectionTracker(), flow=InFlow(),
-                   greylist=Greylist(data_dir, cfg.checks.greylist_delay))
+                   greylist=Greylist(data_dir, cfg.checks.greylist_delay),
+                   check_workers=CheckWorkers(log=EventLog("checks")))

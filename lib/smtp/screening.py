@@ -28,7 +28,8 @@ class StrangerScreening:
 
     def __init__(self, session) -> None:
         self.session = session
-        self.screener = Screener(session.config, session.services.greylist)
+        self.screener = Screener(session.config, session.services.greylist,
+                                 workers=session.services.check_workers)
         self.log: EventLog = session.log
 
     @property

@@ -1,0 +1,177 @@
+"""The check workers: DKIM and DMARC in processes beside the server. Their
+answers are the session's own (the same messages checked both ways against a
+FakeDNS); a worker that dies is replaced and its check done in the session; one
+that hangs is killed at its time limit; none outlives the pool or the server."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import types
+
+import dkim
+import pytest
+
+from lib.checks import dmarc
+from lib.checks.dkimfast import speed_up_dkimpy
+from lib.checks.dns import forget_resolvers, resolver
+from lib.checks.workers import CheckWorkers
+from lib.config.schema import HostPort
+
+from ..helpers.checks import dkim_key, make_key_pem, message, screened
+from ..helpers.net import HOST
+from ..helpers.waiting import wait_until
+from .test_screening import attempt, plain, start
+
+
+@pytest.fixture(scope="module")
+def key(tmp_path_factory):
+    return dkim_key(make_key_pem(tmp_path_factory.mktemp("dkim"), bits=2048), "example.org",
+                    "sel")
+
+
+@pytest.fixture
+def zone(dns, key):
+    dns.txt(key.name, key.record)
+    dns.txt("example.org", "v=spf1 ip4:192.0.2.0/24 -all")
+    dns.txt("_dmarc.example.org", "v=DMARC1; p=reject")
+    forget_resolvers()
+    yield (HostPort(HOST, dns.port),)
+    forget_resolvers()
+
+
+@pytest.fixture
+def pool():
+    workers = CheckWorkers(size=2)
+    yield workers
+    workers.stop()
+
+
+def gone(pid: int) -> bool:
+    return not os.path.exists(f"/proc/{pid}")
+
+
+def cases(key) -> dict[str, bytes]:
+    signed = key.sign(message())
+    return {"signed": signed,
+            "tampered": signed.replace(b"this is a test", b"this is a forgery"),
+            "unsigned": message(),
+            "no key": dkim_key(key.private_pem, "example.org", "nokey").sign(message()),
+            "no from": message(""),
+            "garbage": b"\x00\xff" * 40 + b"\r\nDKIM-Signature: v=1; b=\r\n\r\n"}
+
+
+def test_a_worker_answers_as_the_session_would(zone, key, pool):
+    for client in ("192.0.2.25", "198.51.100.9"):            # SPF pass, and fail
+        envelope = screened(client_ip=client)
+        for name, text in cases(key).items():
+            here = dmarc.check(envelope, text, "reject", resolver(zone), spf_result=None)
+            there = pool.dmarc(envelope, text, "reject", zone, None)
+            assert there == here, name
+    assert 1 <= len(pool.pids()) <= 2
+    assert all(pid != os.getpid() for pid in pool.pids())
+
+
+def test_a_dead_worker_is_replaced_and_its_check_done_here(zone, key, pool):
+    signed = key.sign(message())
+    expected = pool.dmarc(screened(), signed, "reject", zone, None)
+    assert expected[0].result == "pass"
+    [first] = pool.pids()
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: os.waitpid(first, os.WNOHANG) != (0, 0) or gone(first), 10)
+    assert pool.dmarc(screened(), signed, "reject", zone, None) == expected   # done here
+    assert first not in pool.pids()
+    assert pool.dmarc(screened(), signed, "reject", zone, None) == expected   # a new worker
+    assert pool.pids() and first not in pool.pids()
+
+
+def test_a_worker_that_does_not_answer_in_time_is_killed(dns, zone, key):
+    dns.silent.add(key.name)                     # the key look-up waits for DNS
+    workers = CheckWorkers(size=1, time_limit=0.5)
+    try:
+        dkim_result, dmarc_result = workers.dmarc(screened(), key.sign(message()), "reject",
+                                                  zone, "pass", budget=5)
+        assert (dkim_result.result, dmarc_result.result) == ("temperror", "temperror")
+        assert "did not finish within 0.5s" in dkim_result.reason
+        assert dmarc_result.reply is None                     # temperror refuses nothing
+        assert workers.pids() == []
+    finally:
+        workers.stop()
+
+
+def test_stopping_the_pool_ends_its_workers(zone, key):
+    workers = CheckWorkers(size=2)
+    workers.dmarc(screened(), key.sign(message()), "reject", zone, None)
+    pids = workers.pids()
+    assert pids
+    workers.stop()
+    assert all(gone(pid) for pid in pids)
+    # a check asked of a stopped pool is done in the session
+    assert workers.dmarc(screened(), key.sign(message()), "tag", zone, None)[0].result == "pass"
+    assert workers.pids() == []
+
+
+def test_the_dkimpy_shortcuts_give_dkimpys_answers(key):
+    shortcut = types.SimpleNamespace(crypto=dkim.crypto, evaluate_pk=dkim.evaluate_pk,
+                                     RSASSA_PKCS1_v1_5_verify=None)
+    speed_up_dkimpy(shortcut)
+    record = key.record.encode()
+    parsed = shortcut.evaluate_pk(key.name.encode(), record)
+    assert shortcut.evaluate_pk(key.name.encode(), record) is parsed     # kept
+    assert parsed[:3] == dkim.evaluate_pk(key.name.encode(), record)[:3]
+    for bad in (b"v=DKIM1; k=rsa; p=", b"v=DKIM1; k=rsa; p=AAAA"):
+        for _ in range(2):                                           # a bad one is not kept
+            with pytest.raises(dkim.KeyFormatError):
+                shortcut.evaluate_pk(key.name.encode(), bad)
+    public_key = parsed[0]
+    signed = key.sign(message())
+    digest, signature = _digest_and_signature(signed, record)
+    for sig in (signature, signature[:-1] + bytes([signature[-1] ^ 1]), b"\x00" * len(signature)):
+        assert shortcut.RSASSA_PKCS1_v1_5_verify(digest, sig, public_key) == \
+            dkim.crypto.RSASSA_PKCS1_v1_5_verify(digest, sig, public_key)
+    assert shortcut.RSASSA_PKCS1_v1_5_verify(digest, signature, public_key) is True
+
+
+def _digest_and_signature(signed: bytes, record: bytes):
+    """The header hash and b= signature dkimpy's verify_sig hands to
+    RSASSA_PKCS1_v1_5_verify for a signed message (caught on the way)."""
+    seen = {}
+    original = dkim.RSASSA_PKCS1_v1_5_verify
+
+    def spy(digest, signature, public_key):
+        seen["args"] = (digest, signature)         # digest() may be asked again
+        return original(digest, signature, public_key)
+
+    dkim.RSASSA_PKCS1_v1_5_verify = spy
+    try:
+        assert dkim.DKIM(signed).verify(dnsfunc=lambda name, timeout=5: record)
+    finally:
+        dkim.RSASSA_PKCS1_v1_5_verify = original
+    return seen["args"]
+
+
+def test_the_server_checks_in_a_worker_and_leaves_none_behind(servers, dns, key):
+    dns.txt(key.name, key.record)
+    dns.txt("_dmarc.example.org", "v=DMARC1; p=reject")
+    server = start(servers, dns, "dmarc = reject")
+    code, _ = attempt(server, key.sign(plain(author="Alice <alice@example.org>")),
+                      sender="alice@example.org")
+    assert code == 250
+    [stored] = server.messages("alice")
+    assert b"\tdkim=pass header.d=example.org" in stored
+    started = server.wait_for_log("event=check_worker_started")
+    pid = int(re.search(r"event=check_worker_started pid=(\d+)", server.log_text())[1])
+    assert not gone(pid) and started
+    server.process.send_signal(signal.SIGKILL)              # not even a chance to stop it
+    server.process.wait(10)
+    wait_until(lambda: gone(pid) or _zombie(pid), 10, what=f"worker {pid} to exit")
+
+
+def _zombie(pid: int) -> bool:
+    """An exited process whose parent (init here) has not reaped it yet."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return True
