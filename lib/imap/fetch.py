@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from ..core.replies import IMAP_DONE, IMAP_EXPUNGE_ISSUED, ImapReply
 from ..log.events import EventLog
 from ..store.folderindex import FolderIndex
-from ..store.maildir import size_field
 from . import mime, render
 from .cache import MessageCache
 from .items import BinarySize, BodyItem, FetchItem, Section
-from .message import MessageFile, envelope, select_fields, to_wire, wire_size
+from .message import MessageFile, envelope, open_stored, select_fields, to_wire, wire_size
 from .selected import Selected
 
 STREAM_OVER = 256 * 1024      # body sections above this are streamed from the file
@@ -318,8 +317,7 @@ class _Open:
 
     def file(self) -> MessageFile:
         if self._file is None:
-            own = size_field(self.name, ",W=") is not None
-            self._file = MessageFile(self.index.open(self.uid), own)
+            self._file = open_stored(self.index, self.uid)
         return self._file
 
     def close(self) -> None:

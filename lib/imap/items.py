@@ -99,7 +99,31 @@ def date(reader: Reader) -> datetime.date:
 
 # ---------------------------------------------------------------- FETCH
 
+FETCH_LISTS_KEPT = 256       # parsed FETCH item lists remembered, by their text
+
+
 def fetch_items(reader: Reader) -> tuple[FetchItem, ...]:
+    """The items of a FETCH. A client sends the same list again and again (one
+    FETCH per message): when they end the command, the parse of the same text
+    is taken as it was (items are immutable)."""
+    last = reader.index == len(reader.segments) - 1
+    text = reader.line[reader.pos:] if last else b""
+    known = _fetch_lists.get(text) if last else None
+    if known is not None:
+        reader.pos = len(reader.line)
+        return known
+    items = _fetch_items(reader)
+    if last and reader.at_end():
+        if len(_fetch_lists) >= FETCH_LISTS_KEPT:
+            _fetch_lists.clear()
+        _fetch_lists[text] = items
+    return items
+
+
+_fetch_lists: dict[bytes, tuple[FetchItem, ...]] = {}
+
+
+def _fetch_items(reader: Reader) -> tuple[FetchItem, ...]:
     if reader.at(b"("):
         items = tuple(reader.parenthesised(lambda: fetch_item(reader)))
         if not items:

@@ -12,11 +12,14 @@ its LFs.
 from __future__ import annotations
 
 import email.utils
+import errno
 import functools
 import os
 import re
 from collections.abc import Iterator
 
+from ..store.folderindex import FolderIndex
+from ..store.maildir import size_field
 from . import render
 
 READ_CHUNK = 256 * 1024
@@ -28,14 +31,27 @@ ENVELOPE_FIELDS = (b"date", b"subject", b"from", b"sender", b"reply-to", b"to", 
                    b"in-reply-to", b"message-id")
 
 
+def open_stored(index: FolderIndex, uid: int) -> MessageFile:
+    """The message's file: one of ours (,W= in its name: stored form already,
+    its size in ,S=) or another program's; FileNotFoundError once it is gone."""
+    entry = index.name_of(uid)
+    if entry is None:
+        raise FileNotFoundError(errno.ENOENT, f"message {uid} is gone")
+    unique = entry[1].partition(":")[0]
+    own = size_field(unique, ",W=") is not None
+    return MessageFile(index.open(uid), own, size_field(unique, ",S=") if own else None)
+
+
 class MessageFile:
     """One message's octets in stored form, read by offset (never whole unless small)."""
 
-    def __init__(self, fd: int, own: bool):
+    def __init__(self, fd: int, own: bool, size: int | None = None):
+        """`own`: a file we wrote (stored form already); its `size` when the
+        name gives it (,S=), which saves asking the file."""
         self._fd = fd
         self.data: bytes | None = None
         if own:
-            self.size = os.fstat(fd).st_size
+            self.size = os.fstat(fd).st_size if size is None else size
             return
         try:                          # another program's file: normalise it once
             chunks = []

@@ -47,10 +47,12 @@ def fetch(session: ImapSession, command: Command) -> Step:
     messages, items = command.args
     if command.uid and "UID" not in items:
         items = ("UID", *items)                          # RFC 9051 6.4.9
-    updates = view.refresh(allow_expunge=command.uid, with_uid=command.uid)
+    marks_seen = not view.read_only and any(_marks_seen(item) for item in items)
+    updates = view.refresh(allow_expunge=command.uid, with_uid=command.uid,
+                           fast=not marks_seen)
     positions = view.resolve(messages, command.uid)
     changed: set[int] = set()
-    if not view.read_only and any(_marks_seen(item) for item in items):
+    if marks_seen:
         for position in positions:
             uid = view.uids[position]
             if view.flags[position] & SEEN or uid in view.vanished:

@@ -20,11 +20,10 @@ import email.utils
 from collections.abc import Iterator
 
 from ..log.events import EventLog
-from ..store.maildir import size_field
 from . import mime
 from .cache import MessageCache
 from .items import STAR, SearchKey, SequenceSet
-from .message import MessageFile, field_value, header_fields
+from .message import MessageFile, field_value, header_fields, open_stored
 from .selected import Selected
 
 _COST = {"ALL": 0, "FLAG": 0, "NEW": 0, "OLD": 0, "RECENT": 0, "UID": 0, "SEQ": 0,
@@ -78,10 +77,7 @@ class _Message:
 
     def file(self) -> MessageFile:
         if self._file is None:
-            index = self.searcher.view.index
-            entry = index.name_of(self.uid)
-            own = entry is not None and size_field(entry[1].partition(":")[0], ",W=") is not None
-            self._file = MessageFile(index.open(self.uid), own)
+            self._file = open_stored(self.searcher.view.index, self.uid)
         return self._file
 
     def header(self) -> bytes:

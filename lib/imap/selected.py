@@ -96,9 +96,11 @@ class Selected:
 
     # ------------------------------------------------------------ changes
 
-    def refresh(self, allow_expunge: bool, with_uid: bool = False) -> list[ImapData]:
-        """Look at the folder again; the untagged responses that tell the client."""
-        snapshot, moved = self.index.sync(claim=not self.read_only)
+    def refresh(self, allow_expunge: bool, with_uid: bool = False,
+                fast: bool = False) -> list[ImapData]:
+        """Look at the folder again (`fast`: see FolderIndex.sync); the untagged
+        responses that tell the client."""
+        snapshot, moved = self.index.sync(claim=not self.read_only, fast=fast)
         self.recent |= moved
         out: list[ImapData] = []
         if snapshot is not self.snapshot:

@@ -91,6 +91,7 @@ class Entry:
     allowed: frozenset[State]
     run: Handler
     expunges: bool = True         # may EXPUNGE responses follow? Not after FETCH, STORE, SEARCH
+    fast: bool = False            # the look at the folder after it may be a fast one
 
 
 class ImapSession(SessionBasics):
@@ -318,7 +319,8 @@ class ImapSession(SessionBasics):
         try:
             step = entry.run(self, command)
             if step.body is None and self.selected is not None and step.replies:
-                updates = self.selected.refresh(entry.expunges or command.uid, command.uid)
+                updates = self.selected.refresh(entry.expunges or command.uid, command.uid,
+                                                fast=entry.fast)
                 if updates:
                     step = step._replace(replies=step.replies[:-1] + updates + step.replies[-1:])
             return step
@@ -523,8 +525,8 @@ COMMANDS: dict[str, Entry] = {
     "ENABLE": Entry(frozenset({State.AUTHENTICATED}), ImapSession._enable),
     "NAMESPACE": Entry(_AUTH, ImapSession._namespace),
     "IDLE": Entry(_AUTH, ImapSession._idle),
-    "SELECT": Entry(_AUTH, mailboxes.select),
-    "EXAMINE": Entry(_AUTH, mailboxes.select),
+    "SELECT": Entry(_AUTH, mailboxes.select, fast=True),   # it has just looked
+    "EXAMINE": Entry(_AUTH, mailboxes.select, fast=True),   # it has just looked
     "CREATE": Entry(_AUTH, mailboxes.create),
     "DELETE": Entry(_AUTH, mailboxes.delete),
     "RENAME": Entry(_AUTH, mailboxes.rename),
@@ -539,14 +541,14 @@ COMMANDS: dict[str, Entry] = {
     "UNSELECT": Entry(_SELECTED, mailboxes.unselect),
     "EXPUNGE": Entry(_SELECTED, messages.expunge),
     "UID EXPUNGE": Entry(_SELECTED, messages.expunge),
-    "SEARCH": Entry(_SELECTED, messages.search, expunges=False),
-    "UID SEARCH": Entry(_SELECTED, messages.search),
-    "FETCH": Entry(_SELECTED, messages.fetch, expunges=False),
-    "UID FETCH": Entry(_SELECTED, messages.fetch),
-    "STORE": Entry(_SELECTED, messages.store, expunges=False),
-    "UID STORE": Entry(_SELECTED, messages.store),
-    "COPY": Entry(_SELECTED, messages.copy),
-    "UID COPY": Entry(_SELECTED, messages.copy),
+    "SEARCH": Entry(_SELECTED, messages.search, expunges=False, fast=True),
+    "UID SEARCH": Entry(_SELECTED, messages.search, fast=True),
+    "FETCH": Entry(_SELECTED, messages.fetch, expunges=False, fast=True),
+    "UID FETCH": Entry(_SELECTED, messages.fetch, fast=True),
+    "STORE": Entry(_SELECTED, messages.store, expunges=False, fast=True),
+    "UID STORE": Entry(_SELECTED, messages.store, fast=True),
+    "COPY": Entry(_SELECTED, messages.copy, fast=True),
+    "UID COPY": Entry(_SELECTED, messages.copy, fast=True),
     "MOVE": Entry(_SELECTED, messages.move),
     "UID MOVE": Entry(_SELECTED, messages.move),
 }

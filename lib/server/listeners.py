@@ -462,7 +462,7 @@ class SessionHandler(socketserver.BaseRequestHandler):
                 return session.line_too_long()
             if not line:
                 raise ClientGone("client disconnected")
-            return session.feed_line(line, conn.input_waiting())
+            return session.feed_line(line, session.watches_pipelining and conn.input_waiting())
         except TimeoutError:
             return session.timeout()
         except StopNow:

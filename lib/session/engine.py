@@ -48,6 +48,9 @@ class SessionBasics:
     session started with, its id and log, and the TLS and password rules."""
 
     component = "session"          # the log's comp=, set by each engine
+    # Does feed_line's `more_input` matter (SMTP's RFC 2920 check)? Only then does
+    # the handler ask the socket, one system call per command.
+    watches_pipelining = False
 
     def __init__(self, runtime: Runtime, services: Services, client: ClientInfo,
                  log: EventLog | None = None, session_id: str | None = None):
@@ -170,7 +173,8 @@ class Engine(Protocol):
     passes `greeting` whatever the client sent meanwhile (a client that
     talks first is refused). It reads a line of at most `max_line` octets
     and calls `feed_line`, telling it whether more input was already waiting
-    (RFC 2920 allows that only after some commands), or `line_too_long` when
+    (RFC 2920 allows that only after some commands; asked only of an engine
+    that `watches_pipelining`), or `line_too_long` when
     the line was longer; while `receiving_data` it passes raw chunks to
     `feed_data` instead (and puts a Step's `leftover` back in front of its
     input). It waits a Step's `delay` before writing its replies. It calls
@@ -195,6 +199,10 @@ class Engine(Protocol):
     @property
     def greet_pause(self) -> float:
         """How long the handler listens before the greeting (0: it greets at once)."""
+        ...
+    @property
+    def watches_pipelining(self) -> bool:
+        """Does `feed_line` use `more_input`? (Otherwise the handler passes False.)"""
         ...
 
     def greeting(self, early: bytes = b"") -> Step: ...

@@ -99,6 +99,7 @@ def _reply(*items: Reply, action: Action = Action.NONE) -> Step:
 
 class SmtpSession(SessionBasics):
     component = "smtp"
+    watches_pipelining = True          # RFC 2920: input before our answer, where it may not be
 
     def __init__(self, runtime: Runtime, services: Services, client: ClientInfo,
                  log: EventLog | None = None, session_id: str | None = None):

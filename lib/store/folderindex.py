@@ -13,14 +13,17 @@ a temporary file and rename when entries of expunged messages must go, or
 it is new. Either happens under an flock on `imap-uidlist.lock` in the
 folder, taken by whichever session (of any process) first sees a file
 without a UID. A session that selects the folder read-write moves files in
-new/ to cur/ (as Dovecot does) and may call them \\Recent.
+new/ to cur/ (as Dovecot does) and may call them \\Recent; a few hundred at
+once, more (a first SELECT of a big inbox) in a thread after SELECT answers.
 
-The folder is listed only when new/, cur/ or the UID list changed since the
-last look (mtimes, inode, size), and only trusted unchanged once the folders
-have been still for STABLE_FOLDER_NS (mtimes are coarse), or FINE_STILL_NS
-where they have sub-second parts. A listing is compared with the last one
-as sets of names, so a flag change costs two readdirs and a set difference,
-not a rebuild of 10,000 entries. One
+After FETCH, STORE, SEARCH and COPY a look is skipped when the last one is
+under FAST_SYNC_SECONDS old (Dovecot's "fast" sync); NOOP, IDLE and SELECT
+always look. The folder is listed only when new/, cur/ or the UID list
+changed since the last look (mtimes, inode, size), and only trusted
+unchanged once the folders have been still for STABLE_FOLDER_NS (mtimes are
+coarse), or FINE_STILL_NS where they have sub-second parts. A listing is
+compared with the last one as sets of names, so a flag change costs two
+readdirs and a set difference, not a rebuild of 10,000 entries. One
 FolderIndex per folder and process is shared by every session
 (`folders.MailStore`); it knows each message's current file name, so a
 rename by one session is no surprise to another.
@@ -109,20 +112,31 @@ class FolderIndex:
         self._seen_cur: set[str] = set()
         self._dirty: set[str] = set()            # renamed by us since the last look
         self._gone: set[str] = set()             # expunged, but still in the file
+        self._looked_at = -FAST_SYNC_SECONDS      # monotonic time of the last real look
+        self._claiming = False                   # a claim is moving new/ to cur/ meanwhile
 
     # ------------------------------------------------------------ looking
 
-    def sync(self, claim: bool = False) -> tuple[Snapshot, frozenset[int]]:
+    def sync(self, claim: bool = False, fast: bool = False) -> tuple[Snapshot, frozenset[int]]:
         r"""The folder now. With `claim` (a session that selected the folder to
         change it), files in new/ move to cur/ and their UIDs are returned: for
-        that session they are \Recent. Without, new/ is left as it is."""
+        that session they are \Recent. Without, new/ is left as it is.
+        `fast` (after FETCH, STORE, SEARCH, COPY: Dovecot's MAILBOX_SYNC_FLAG_FAST)
+        takes the last look as the folder now if it is under FAST_SYNC_SECONDS
+        old and nothing of ours changed since: no system call. NOOP, IDLE,
+        SELECT and a file found missing always look."""
         with self._lock:
+            if fast and self._snapshot is not None and not self._dirty and \
+                    time.monotonic() - self._looked_at < FAST_SYNC_SECONDS and \
+                    not (claim and self._waiting):
+                return self._snapshot, frozenset()
             stamps = self._stat()
+            self._looked_at = time.monotonic()
             if stamps is None:                       # the folder was deleted
                 self._forget_listing()
                 return Snapshot(self._validity, self._next, array("I"), b"", False), frozenset()
             if self._snapshot is not None and stamps == self._stamps and \
-                    not (claim and self._seen_new):
+                    not (claim and self._waiting):
                 return self._snapshot, frozenset()
             changed, gone = self._relist()
             changed |= self._dirty - gone
@@ -131,7 +145,7 @@ class FolderIndex:
             candidates = self._listing.keys() if rebuild else changed
             fresh = any(base not in self._uids for base in candidates)
             moved: frozenset[int] = frozenset()
-            if fresh or (claim and self._seen_new) or self._validity == 0 or \
+            if fresh or (claim and self._waiting) or self._validity == 0 or \
                     self._file_stamp is None:
                 with self._flock():
                     self._load()
@@ -318,33 +332,93 @@ class FolderIndex:
             self._append(added)
         return frozenset(moved)
 
+    @property
+    def _waiting(self) -> bool:
+        """Files in new/ that no claim is moving yet."""
+        return bool(self._seen_new) and not self._claiming
+
     def _claim(self) -> list[int]:
-        """new/ to cur/: the UIDs moved. Renamed relative to open directories,
-        so the kernel walks one name per file, not the whole path."""
+        r"""new/ to cur/: the UIDs (\Recent for the claiming session). A few files
+        move at once; more than CLAIM_AT_ONCE (a first SELECT of a big inbox)
+        move in the background, so that SELECT answers without waiting for
+        thousands of renames: sessions find each file where it is meanwhile
+        (`open` looks again when a name has changed)."""
         listing = self._listing
         waiting = [(base, name) for base, (sub, name) in listing.items() if sub == "new"]
-        if not waiting:
+        if not waiting or self._claiming:     # newcomers meanwhile: the next claim's
             return []
+        if len(waiting) <= CLAIM_AT_ONCE:
+            return self._move_to_cur(waiting)
+        self._claiming = True
+        threading.Thread(target=self._claim_in_background, args=(waiting,), daemon=True,
+                         name="imap-claim").start()
+        return [self._uids[base] for base, _ in waiting]
+
+    def _claim_in_background(self, waiting: list[tuple[str, str]]) -> None:
+        """The lock is held only to look at and update the listing, never during a
+        rename: a session waits for one dictionary update, not for the claim."""
+        listing = self._listing
+        try:
+            with self._new_and_cur() as (new_fd, cur_fd):
+                for base, name in waiting:
+                    with self._lock:
+                        if listing.get(base) != ("new", name):
+                            continue                  # moved or removed meanwhile
+                    target = renamed(name, flags_of(name))
+                    try:
+                        os.rename(name, target, src_dir_fd=new_fd, dst_dir_fd=cur_fd)
+                    except FileNotFoundError:         # a session or POP3 was first
+                        continue
+                    with self._lock:
+                        if listing.get(base) == ("new", name):   # not relisted meanwhile
+                            self._moved(base, name, target)
+        except OSError:
+            pass                               # what is left in new/ is claimed next time
+        finally:
+            with self._lock:
+                self._claiming = False
+
+    def _moved(self, base: str, name: str, target: str) -> int | None:
+        """Note that new/`name` is now cur/`target`; its UID."""
+        self._listing[base] = ("cur", target)
+        self._seen_new.discard(name)
+        self._seen_cur.add(target)
+        uid = self._uids.get(base)
+        if uid is not None and self._names.get(uid) == ("new", name):
+            self._names[uid] = ("cur", target)
+        return uid
+
+    def _move_to_cur(self, files: list[tuple[str, str]]) -> list[int]:
+        """Rename (base, name) pairs still in new/ as last seen; the UIDs moved."""
+        listing = self._listing
         moved = []
+        with self._new_and_cur() as (new_fd, cur_fd):
+            for base, name in files:
+                if listing.get(base) != ("new", name):
+                    continue                      # moved or removed meanwhile
+                target = renamed(name, flags_of(name))
+                try:
+                    os.rename(name, target, src_dir_fd=new_fd, dst_dir_fd=cur_fd)
+                except FileNotFoundError:         # POP3 took it, or moved it to cur/
+                    continue                      # (the next listing will tell)
+                uid = self._moved(base, name, target)
+                if uid is not None:
+                    moved.append(uid)
+        return moved
+
+    @contextlib.contextmanager
+    def _new_and_cur(self) -> Iterator[tuple[int, int]]:
+        """new/ and cur/ open: renames relative to them make the kernel walk one
+        name per file, not the whole path."""
         new_fd = os.open(os.path.join(self.path, "new"), os.O_RDONLY | os.O_DIRECTORY)
         try:
             cur_fd = os.open(os.path.join(self.path, "cur"), os.O_RDONLY | os.O_DIRECTORY)
             try:
-                for base, name in waiting:
-                    target = renamed(name, flags_of(name))
-                    try:
-                        os.rename(name, target, src_dir_fd=new_fd, dst_dir_fd=cur_fd)
-                    except FileNotFoundError:         # POP3 took it, or moved it to cur/
-                        continue                      # (the next listing will tell)
-                    listing[base] = ("cur", target)
-                    self._seen_new.discard(name)
-                    self._seen_cur.add(target)
-                    moved.append(self._uids[base])
+                yield new_fd, cur_fd
             finally:
                 os.close(cur_fd)
         finally:
             os.close(new_fd)
-        return moved
 
     def _append(self, added: list[tuple[int, str]]) -> None:
         path = os.path.join(self.path, UIDLIST)
@@ -529,6 +603,8 @@ class FolderIndex:
 
 
 FINE_STILL_NS = 50_000_000     # still this long on a file system with sub-second mtimes
+FAST_SYNC_SECONDS = 5.0        # a fast sync trusts a look this recent (Dovecot's interval)
+CLAIM_AT_ONCE = 500            # new/ files a SELECT moves to cur/ before it answers; more: after
 
 
 def _still(*mtimes: int) -> bool:

@@ -9,10 +9,12 @@ import threading
 
 import pytest
 
-from lib.store import mutf7
+from lib.store import folderindex, mutf7
 from lib.store.folderindex import UIDLIST, FolderIndex, flags_of, renamed
 from lib.store.folders import BadFolderName, FolderExists, FolderMissing, MailStore, check_name
 from lib.store.maildir import MaildirStore
+
+from ..helpers.waiting import wait_until
 
 MESSAGE = b"Subject: hi\n\nbody\n"
 
@@ -134,6 +136,47 @@ def test_claim_moves_new_to_cur_keeping_pop3_uids(maildirs, account):
     assert sorted(os.listdir(os.path.join(account.root, "cur"))) == \
         sorted([names[0] + ":2,S", names[1] + ":2,"])
     assert [m.uid for m in maildirs.snapshot("alice")] == pop3_uids
+
+
+def test_a_big_claim_moves_in_the_background_while_sessions_go_on(maildirs, account,
+                                                                  monkeypatch):
+    monkeypatch.setattr(folderindex, "CLAIM_AT_ONCE", 5)
+    names = deliver(maildirs, 40)
+    pop3_uids = [m.uid for m in maildirs.snapshot("alice")]
+    index = account.index("INBOX")
+    snapshot, moved = index.sync(claim=True)             # answers before the renames
+    assert sorted(moved) == list(snapshot.uids) == list(range(1, 41))
+    assert index.change_flags(7, lambda old: old | 8) == 8          # meanwhile: a STORE,
+    for uid in snapshot.uids:                                       # and every message opens
+        os.close(index.open(uid))
+    assert index.sync(claim=True)[1] == frozenset()      # no second claim of the same files
+    new = os.path.join(account.root, "new")
+    wait_until(lambda: not os.listdir(new), what="new/ emptied")
+    cur = sorted(os.listdir(os.path.join(account.root, "cur")))
+    assert cur == sorted(name + (":2,S" if n == 6 else ":2,") for n, name in enumerate(names))
+    again, recent = index.sync(claim=True)
+    assert recent == frozenset() and list(again.uids) == list(snapshot.uids)
+    assert again.flags[6] == 8 and not any(again.flags[:6])
+    assert [m.uid for m in maildirs.snapshot("alice")] == pop3_uids
+    deliver(maildirs)                                    # later mail: claimed at once again
+    assert index.sync(claim=True)[1] == frozenset({41})
+    assert not os.listdir(new)
+
+
+def test_a_fast_look_trusts_a_recent_one_and_a_full_look_does_not(maildirs, account,
+                                                                  monkeypatch):
+    deliver(maildirs, 2)
+    index = account.index("INBOX")
+    assert len(index.sync()[0].uids) == 2
+    deliver(maildirs)
+    assert len(index.sync(fast=True)[0].uids) == 2       # after FETCH: the last look stands
+    assert len(index.sync()[0].uids) == 3                # NOOP: looks
+    deliver(maildirs)
+    monkeypatch.setattr(folderindex, "FAST_SYNC_SECONDS", 0.0)
+    assert len(index.sync(fast=True)[0].uids) == 4       # too old a look: looks again
+    monkeypatch.undo()
+    assert index.change_flags(1, lambda old: old | 8) == 8
+    assert index.sync(fast=True)[0].flags[0] == 8        # our own change is never skipped
 
 
 def test_flag_changes_keep_other_info_letters():

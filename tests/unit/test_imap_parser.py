@@ -76,6 +76,17 @@ def test_fetch_items_and_macros():
         "RFC822.HEADER", "BODYSTRUCTURE")
 
 
+def test_a_fetch_list_seen_before_parses_the_same_and_trailing_text_still_fails():
+    first = parse(b"a FETCH 1 (BODY.PEEK[] FLAGS)").args
+    again = parse(b"b FETCH 2:4 (BODY.PEEK[] FLAGS)").args
+    assert again[1] == first[1] == (BodyItem(Section(), peek=True), "FLAGS")
+    assert again[0] == SequenceSet(((2, 4),))
+    for _ in range(2):
+        with pytest.raises(ParseError, match="extra"):
+            parse(b"c FETCH 1 (BODY.PEEK[] FLAGS) junk")
+    assert parse(b"d FETCH 1 (body.peek[] flags)").args[1] == first[1]
+
+
 def test_search_keys():
     args = parse(b'a SEARCH CHARSET utf-8 OR FROM "Ann" NOT SEEN (SINCE "1-Feb-2024" '
                  b"LARGER 10) UID 1:3 2,4 HEADER X-Spam yes").args
