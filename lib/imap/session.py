@@ -107,12 +107,24 @@ class ImapSession(SessionBasics):
         self.state = State.NOT_AUTHENTICATED
         self.user: str | None = None
         self.account: Account | None = None
-        self.selected: Selected | None = None
+        self._selected: Selected | None = None
         self.enabled: set[str] = set()
         self.framer = Framer()
         self.sasl_tag: str | None = None          # inside AUTHENTICATE: its tag
         self.idle_tag: str | None = None          # inside IDLE: its tag
         self.bad_commands = 0
+
+    @property
+    def selected(self) -> Selected | None:
+        return self._selected
+
+    @selected.setter
+    def selected(self, view: Selected | None) -> None:
+        """Leaving a folder (another SELECT, CLOSE, UNSELECT, logout, a lost
+        connection) lets a big claim of its new mail begin."""
+        left, self._selected = self._selected, view
+        if left is not None and left is not view:
+            left.index.release_claim()
 
     # ------------------------------------------------------------ what the handler asks
 
@@ -488,6 +500,8 @@ class ImapSession(SessionBasics):
     def _idle(self, command: Command) -> Step:
         self.idle_tag = command.tag
         updates = self.selected.refresh(allow_expunge=True) if self.selected else []
+        if self.selected:
+            self.selected.index.release_claim()     # the client rests: time for housekeeping
         return Step([*updates, r.IMAP_CONTINUE_IDLE])
 
     def _idle_line(self, text: bytes) -> Step:

@@ -14,7 +14,8 @@ it is new. Either happens under an flock on `imap-uidlist.lock` in the
 folder, taken by whichever session (of any process) first sees a file
 without a UID. A session that selects the folder read-write moves files in
 new/ to cur/ (as Dovecot does) and may call them \\Recent; a few hundred at
-once, more (a first SELECT of a big inbox) in a thread after SELECT answers.
+once, more (a first SELECT of a big inbox) by a helper process once the
+session rests.
 
 After FETCH, STORE, SEARCH and COPY a look is skipped when the last one is
 under FAST_SYNC_SECONDS old (Dovecot's "fast" sync); NOOP, IDLE and SELECT
@@ -36,15 +37,18 @@ import contextlib
 import errno
 import fcntl
 import os
+import subprocess
+import sys
 import threading
 import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from ..core.durable import DirSyncer, replace_durably
 from .maildir import STABLE_FOLDER_NS, delivery_order, pop3_size_of_file, size_field
 
+T = TypeVar("T")
 UIDLIST = "imap-uidlist"
 UIDLIST_LOCK = "imap-uidlist.lock"
 DOVECOT_UIDLIST = "dovecot-uidlist"           # read once when a folder has no list of ours
@@ -113,7 +117,9 @@ class FolderIndex:
         self._dirty: set[str] = set()            # renamed by us since the last look
         self._gone: set[str] = set()             # expunged, but still in the file
         self._looked_at = -FAST_SYNC_SECONDS      # monotonic time of the last real look
-        self._claiming = False                   # a claim is moving new/ to cur/ meanwhile
+        self._claiming = False                   # a helper is moving new/ to cur/ meanwhile
+        self._pending: list[tuple[str, str]] = []   # a big claim's files, not moved yet
+        self._pending_since = 0.0
 
     # ------------------------------------------------------------ looking
 
@@ -126,6 +132,8 @@ class FolderIndex:
         old and nothing of ours changed since: no system call. NOOP, IDLE,
         SELECT and a file found missing always look."""
         with self._lock:
+            if self._pending and time.monotonic() - self._pending_since > CLAIM_DEFER_SECONDS:
+                self._start_renamer()
             if fast and self._snapshot is not None and not self._dirty and \
                     time.monotonic() - self._looked_at < FAST_SYNC_SECONDS and \
                     not (claim and self._waiting):
@@ -334,49 +342,73 @@ class FolderIndex:
 
     @property
     def _waiting(self) -> bool:
-        """Files in new/ that no claim is moving yet."""
-        return bool(self._seen_new) and not self._claiming
+        """Files in new/ that no claim covers yet."""
+        return bool(self._seen_new) and not self._claiming and not self._pending
 
     def _claim(self) -> list[int]:
         r"""new/ to cur/: the UIDs (\Recent for the claiming session). A few files
-        move at once; more than CLAIM_AT_ONCE (a first SELECT of a big inbox)
-        move in the background, so that SELECT answers without waiting for
-        thousands of renames: sessions find each file where it is meanwhile
-        (`open` looks again when a name has changed)."""
+        move at once. More than CLAIM_AT_ONCE (a first SELECT of a big inbox)
+        wait until the session rests (`release_claim`: IDLE, another folder,
+        logout) or CLAIM_DEFER_SECONDS pass, and are then moved by a helper
+        process: a SELECT does not wait for thousands of renames, and the
+        client's first FETCHes do not race them for the directories' locks.
+        A file is found wherever it is meanwhile (`_follow`)."""
         listing = self._listing
         waiting = [(base, name) for base, (sub, name) in listing.items() if sub == "new"]
-        if not waiting or self._claiming:     # newcomers meanwhile: the next claim's
+        if not waiting or self._claiming or self._pending:   # newcomers: the next claim's
             return []
         if len(waiting) <= CLAIM_AT_ONCE:
             return self._move_to_cur(waiting)
-        self._claiming = True
-        threading.Thread(target=self._claim_in_background, args=(waiting,), daemon=True,
-                         name="imap-claim").start()
+        self._pending, self._pending_since = waiting, time.monotonic()
         return [self._uids[base] for base, _ in waiting]
 
-    def _claim_in_background(self, waiting: list[tuple[str, str]]) -> None:
-        """The lock is held only to look at and update the listing, never during a
-        rename: a session waits for one dictionary update, not for the claim."""
-        listing = self._listing
+    def release_claim(self) -> None:
+        """A session rests (or leaves the folder): a big claim waiting for that
+        starts now."""
+        with self._lock:
+            if self._pending:
+                self._start_renamer()
+
+    @property
+    def claiming(self) -> bool:
+        """Are files of a big claim still waiting or moving?"""
+        return self._claiming or bool(self._pending)
+
+    def _start_renamer(self) -> None:
+        """Under the lock: the helper that moves the pending files."""
+        waiting, self._pending = self._pending, []
+        pairs = b"".join(os.fsencode(name) + b"\0" + os.fsencode(renamed(name, flags_of(name)))
+                         + b"\0" for _, name in waiting)
         try:
-            with self._new_and_cur() as (new_fd, cur_fd):
-                for base, name in waiting:
-                    with self._lock:
-                        if listing.get(base) != ("new", name):
-                            continue                  # moved or removed meanwhile
-                    target = renamed(name, flags_of(name))
-                    try:
-                        os.rename(name, target, src_dir_fd=new_fd, dst_dir_fd=cur_fd)
-                    except FileNotFoundError:         # a session or POP3 was first
-                        continue
-                    with self._lock:
-                        if listing.get(base) == ("new", name):   # not relisted meanwhile
-                            self._moved(base, name, target)
+            helper = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _RENAMER, os.path.join(self.path, "new"),
+                 os.path.join(self.path, "cur")], stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, close_fds=True)
         except OSError:
-            pass                               # what is left in new/ is claimed next time
+            self._move_to_cur(waiting)
+            return
+        self._claiming = True
+        threading.Thread(target=self._await_renamer, args=(helper, pairs, waiting), daemon=True,
+                         name="imap-claim").start()
+
+    def _await_renamer(self, helper: subprocess.Popen, pairs: bytes,
+                       waiting: list[tuple[str, str]]) -> None:
+        """Wait for the helper, then note every move it made (it names the files
+        it could not move), so that sessions open them in cur/ straight away."""
+        failed: set[str] = set()
+        try:
+            out, _ = helper.communicate(pairs)
+            failed = {os.fsdecode(name) for name in out.split(b"\0") if name}
+        except OSError:
+            helper.kill()
+            helper.wait()
+            failed = {name for _, name in waiting}       # unknown: let the next look tell
         finally:
             with self._lock:
                 self._claiming = False
+                for base, name in waiting:
+                    if name not in failed and self._listing.get(base) == ("new", name):
+                        self._moved(base, name, renamed(name, flags_of(name)))
 
     def _moved(self, base: str, name: str, target: str) -> int | None:
         """Note that new/`name` is now cur/`target`; its UID."""
@@ -479,14 +511,27 @@ class FolderIndex:
 
     def open(self, uid: int) -> int:
         """A read-only fd of the message's file; FileNotFoundError once expunged."""
+        return self._follow(uid, lambda path: os.open(path, os.O_RDONLY))
+
+    def _follow(self, uid: int, use: Callable[[str], T]) -> T:
+        """`use` the message's file, wherever it went. A file last seen in new/
+        may be where a claim puts it: while a helper claims, that is asked
+        first (a name just renamed away costs a locked directory look-up),
+        else second; failing both, the folder is listed again."""
         for _ in range(2):
             entry = self.name_of(uid)
             if entry is None:
                 break
-            try:
-                return os.open(os.path.join(self.path, *entry), os.O_RDONLY)
-            except FileNotFoundError:
-                self._relocate(uid)
+            places = [os.path.join(self.path, *entry)]
+            if entry[0] == "new":
+                claimed = os.path.join(self.path, "cur", renamed(entry[1], flags_of(entry[1])))
+                places.insert(0 if self._claiming else 1, claimed)
+            for place in places:
+                try:
+                    return use(place)
+                except FileNotFoundError:
+                    pass
+            self._relocate(uid)
         raise FileNotFoundError(errno.ENOENT, f"message {uid} is gone")
 
     def _relocate(self, uid: int) -> None:
@@ -513,15 +558,7 @@ class FolderIndex:
 
     def internal_date(self, uid: int) -> float:
         """INTERNALDATE: the file's mtime (set by APPEND to the date the client gave)."""
-        for _ in range(2):
-            path = self.filename(uid)
-            if path is None:
-                break
-            try:
-                return os.stat(path).st_mtime
-            except FileNotFoundError:
-                self._relocate(uid)
-        raise FileNotFoundError(errno.ENOENT, f"message {uid} is gone")
+        return self._follow(uid, lambda path: os.stat(path).st_mtime)
 
     def change_flags(self, uid: int, change: Callable[[int], int]) -> int | None:
         """Apply `change` (old bits -> new bits) to the file's current flags by
@@ -602,9 +639,23 @@ class FolderIndex:
             return given
 
 
+# The helper of a big claim: renames NUL-separated (name, target) pairs from new/ to
+# cur/ and names each file it could not move.
+_RENAMER = """import os, sys
+os.nice(19)                     # housekeeping: the sessions' reading comes first
+new = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+cur = os.open(sys.argv[2], os.O_RDONLY | os.O_DIRECTORY)
+names = sys.stdin.buffer.read().split(b"\\0")
+for name, target in zip(names[0::2], names[1::2]):
+    try:
+        os.rename(name, target, src_dir_fd=new, dst_dir_fd=cur)
+    except OSError:
+        sys.stdout.buffer.write(name + b"\\0")
+"""
 FINE_STILL_NS = 50_000_000     # still this long on a file system with sub-second mtimes
 FAST_SYNC_SECONDS = 5.0        # a fast sync trusts a look this recent (Dovecot's interval)
-CLAIM_AT_ONCE = 500            # new/ files a SELECT moves to cur/ before it answers; more: after
+CLAIM_AT_ONCE = 500            # new/ files a SELECT moves to cur/ before it answers; more: later
+CLAIM_DEFER_SECONDS = 30.0     # how long those wait at most for their session to rest
 
 
 def _still(*mtimes: int) -> bool:

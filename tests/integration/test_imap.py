@@ -18,6 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from lib.store.folderindex import CLAIM_AT_ONCE
+from lib.store.maildir import MaildirStore
+
 from ..helpers.clients import pop3_login, submit
 from ..helpers.imap import (
     RawImap,
@@ -33,6 +36,7 @@ from ..helpers.mail import SENDER, message
 from ..helpers.net import HOST, TIMEOUT
 from ..helpers.server import ServerProcess
 from ..helpers.tls import client_context
+from ..helpers.waiting import wait_until
 
 LISTEN = {"smtp": "127.0.0.1:0", "imap": "127.0.0.1:0", "imaps": "127.0.0.1:0",
           "pop3": "127.0.0.1:0"}
@@ -379,6 +383,37 @@ def test_pop3_and_imap_share_a_mailbox(start):
     flags = ok(client.uid("FETCH", "1", "(FLAGS)"))[0]
     assert b"\\Answered" in flags and b"\\Flagged" in flags
     client.logout()
+
+
+def test_a_big_inbox_moves_to_cur_once_its_session_leaves_it(start):
+    server = start()
+    send(server, "first")                                  # the Maildir exists
+    store = MaildirStore(server.data / "mail", "elsewhere.example")
+    for n in range(CLAIM_AT_ONCE + 10):                    # more than one SELECT moves at once
+        store.deliver(["alice"], message(f"bulk {n}"))
+    new = home(server) / "new"
+    count = CLAIM_AT_ONCE + 11
+    pop = pop3_login(server.port("pop3"))
+    uidl = pop.uidl()[1]
+    pop.quit()
+    client = imap_login(server.port("imap"))
+    ok(client.select("INBOX"))
+    assert client.untagged_responses["EXISTS"] == [str(count).encode()]
+    assert client.untagged_responses["RECENT"] == [str(count).encode()]
+    assert len(list(new.iterdir())) == count               # not yet: the client is busy
+    bodies = ok(client.fetch("1:5", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])"))
+    assert b"Subject: first" in bodies[0][1]
+    ok(client.select("Junk"))                              # it leaves INBOX: they move
+    wait_until(lambda: not list(new.iterdir()), what="new/ emptied")
+    assert len(list((home(server) / "cur").iterdir())) == count
+    ok(client.select("INBOX"))
+    assert client.untagged_responses.get("RECENT") == [b"0"]
+    fetched = ok(client.fetch(f"{count}", "(UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])"))
+    assert f"UID {count} ".encode() in fetched[0][0] and b"bulk" in fetched[0][1]
+    client.logout()
+    pop = pop3_login(server.port("pop3"))
+    assert pop.uidl()[1] == uidl                           # POP3's view did not change
+    pop.quit()
 
 
 def test_authenticate_plain_with_an_initial_response(start):

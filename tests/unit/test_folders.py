@@ -138,7 +138,7 @@ def test_claim_moves_new_to_cur_keeping_pop3_uids(maildirs, account):
     assert [m.uid for m in maildirs.snapshot("alice")] == pop3_uids
 
 
-def test_a_big_claim_moves_in_the_background_while_sessions_go_on(maildirs, account,
+def test_a_big_claim_waits_for_the_session_to_rest_then_a_helper_moves_it(maildirs, account,
                                                                   monkeypatch):
     monkeypatch.setattr(folderindex, "CLAIM_AT_ONCE", 5)
     names = deliver(maildirs, 40)
@@ -151,7 +151,11 @@ def test_a_big_claim_moves_in_the_background_while_sessions_go_on(maildirs, acco
         os.close(index.open(uid))
     assert index.sync(claim=True)[1] == frozenset()      # no second claim of the same files
     new = os.path.join(account.root, "new")
-    wait_until(lambda: not os.listdir(new), what="new/ emptied")
+    assert len(os.listdir(new)) == 39 and index.claiming  # they wait for the session to rest
+    index.release_claim()
+    for uid in snapshot.uids:                            # while the helper moves them
+        os.close(index.open(uid))
+    wait_until(lambda: not os.listdir(new) and not index.claiming, what="new/ emptied")
     cur = sorted(os.listdir(os.path.join(account.root, "cur")))
     assert cur == sorted(name + (":2,S" if n == 6 else ":2,") for n, name in enumerate(names))
     again, recent = index.sync(claim=True)
@@ -161,6 +165,18 @@ def test_a_big_claim_moves_in_the_background_while_sessions_go_on(maildirs, acco
     deliver(maildirs)                                    # later mail: claimed at once again
     assert index.sync(claim=True)[1] == frozenset({41})
     assert not os.listdir(new)
+
+
+def test_a_big_claim_whose_session_never_rests_starts_on_its_own(maildirs, account,
+                                                                  monkeypatch):
+    monkeypatch.setattr(folderindex, "CLAIM_AT_ONCE", 5)
+    monkeypatch.setattr(folderindex, "CLAIM_DEFER_SECONDS", 0.2)
+    deliver(maildirs, 20)
+    index = account.index("INBOX")
+    assert len(index.sync(claim=True)[1]) == 20
+    new = os.path.join(account.root, "new")
+    wait_until(lambda: index.sync(fast=True) and not os.listdir(new) and not index.claiming,
+               what="new/ emptied without release_claim()")
 
 
 def test_a_fast_look_trusts_a_recent_one_and_a_full_look_does_not(maildirs, account,
