@@ -51,7 +51,10 @@ from .linereader import LineReader, LineTooLong
 POLL_SECONDS = 0.5          # how often a waiting connection checks for shutdown and deadlines
 PAUSE_SLICE = 0.1           # a tarpit delay sleeps in slices this long, so a shutdown ends it
 HANDSHAKE_SECONDS = 60.0    # a TLS handshake gets this long, however long command_timeout is
-SEND_BATCH = 256 * 1024     # queued output beyond this is sent before more is read from disk
+# Queued output beyond this is sent before more is made or read from disk: small
+# enough that a client starts reading a long answer (UID FETCH 1:* FLAGS of 10,000
+# messages) while the rest is being made (5.8 -> 4.6 ms), big enough for 300 MB/s.
+SEND_BATCH = 64 * 1024
 LISTEN_BACKLOG = 1024       # a burst of connections waits in the kernel, not refused
 MIN_DATA_RATE = 500         # octets/s that DATA must keep up (Postfix's smtpd_min_data_rate)
 PREGREET_PEEK = 100         # octets of an early talker's input kept for the log
