@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]       # the folder holding lib/
 MAX_WORKERS = 4
 SPARE_SECONDS = 10.0     # beyond the check's own DNS budget, before a worker counts as stuck
 WAIT_FOR_WORKER = 5.0    # seconds a session waits for a free worker, then checks itself
+GIVE_UP_AFTER = 3        # workers dying before their first answer, then none are started
 _LENGTH = struct.Struct("!I")
 
 
@@ -67,6 +68,7 @@ class Worker:
         self.process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, close_fds=True)
         self.pid = self.process.pid
+        self.answered = False                 # has it answered a request yet?
 
     def ask(self, request: bytes, timeout: float) -> Any:
         """Send a request, wait for its answer (unpickled); WorkerFailure if none."""
@@ -131,20 +133,26 @@ class CheckWorkers:
         self._started = 0                     # workers alive (idle or busy)
         self._cond = threading.Condition()
         self._stopped = False
+        self._broken = 0                      # workers in a row that died before answering
 
     @property
     def enabled(self) -> bool:
-        return self.size > 0 and not self._stopped
+        return self.size > 0 and not self._stopped and self._broken < GIVE_UP_AFTER
 
     def dmarc(self, screened: Screened, message: bytes, mode: str,
               nameservers: tuple[HostPort, ...], spf_result: str | None,
               budget: float = dmarc.TIME_BUDGET) -> tuple[CheckResult, CheckResult]:
         """(dkim result, dmarc result), as dmarc.check gives them. A worker that
         died: done here instead. One that did not answer: temperror for both."""
+        if not self.enabled:
+            return self._here(screened, message, mode, nameservers, spf_result, budget)
         request = pickle.dumps((screened, message, mode, nameservers, spf_result, budget))
         try:
             worker = self._take()
-        except (WorkerFailure, OSError):             # stopping, or no process to be had
+        except WorkerFailure:                        # stopping, or every worker busy
+            return self._here(screened, message, mode, nameservers, spf_result, budget)
+        except OSError as error:                     # no process to be had
+            self._note_broken(f"cannot start a check worker: {error}")
             return self._here(screened, message, mode, nameservers, spf_result, budget)
         limit = self.time_limit if self.time_limit is not None else budget + SPARE_SECONDS
         try:
@@ -156,7 +164,11 @@ class CheckWorkers:
                     CheckResult("dmarc", "temperror", why, auth=f"dmarc=temperror ({why})"))
         except WorkerFailure as failure:
             self._discard(worker, str(failure))
+            if not worker.answered:
+                self._note_broken(str(failure))
             return self._here(screened, message, mode, nameservers, spf_result, budget)
+        worker.answered = True
+        self._broken = 0
         self._give_back(worker)
         if answer[0] == "missing":
             raise MissingLibrary(answer[1], answer[2])
@@ -219,6 +231,15 @@ class CheckWorkers:
             self._started -= 1
             self._all.discard(worker)
             self._cond.notify()
+
+    def _note_broken(self, why: str) -> None:
+        """A worker that dies before its first answer cannot start (an interpreter
+        or a lib/ the mail user may not read): after a few, the checks stay in
+        the sessions, said once in the log, rather than a process per message."""
+        self._broken += 1
+        if self._broken == GIVE_UP_AFTER and self.log is not None:
+            self.log.error("check_workers_disabled", reason=why,
+                           detail="DKIM/DMARC run in the sessions from now on")
 
     def _report(self, pid: int, why: str) -> None:
         if self.log is not None:

@@ -395,20 +395,23 @@ class FolderIndex:
                        waiting: list[tuple[str, str]]) -> None:
         """Wait for the helper, then note every move it made (it names the files
         it could not move), so that sessions open them in cur/ straight away."""
-        failed: set[str] = set()
+        failed: set[str] | None = None               # None: the helper did not run
         try:
             out, _ = helper.communicate(pairs)
-            failed = {os.fsdecode(name) for name in out.split(b"\0") if name}
+            if helper.returncode == 0:
+                failed = {os.fsdecode(name) for name in out.split(b"\0") if name}
         except OSError:
             helper.kill()
             helper.wait()
-            failed = {name for _, name in waiting}       # unknown: let the next look tell
         finally:
             with self._lock:
                 self._claiming = False
-                for base, name in waiting:
-                    if name not in failed and self._listing.get(base) == ("new", name):
-                        self._moved(base, name, renamed(name, flags_of(name)))
+                if failed is None:                   # no interpreter for it, say: move here
+                    self._move_to_cur(waiting)
+                else:
+                    for base, name in waiting:
+                        if name not in failed and self._listing.get(base) == ("new", name):
+                            self._moved(base, name, renamed(name, flags_of(name)))
 
     def _moved(self, base: str, name: str, target: str) -> int | None:
         """Note that new/`name` is now cur/`target`; its UID."""

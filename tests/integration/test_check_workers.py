@@ -8,12 +8,14 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 import types
 
 import dkim
 import pytest
 
 from lib.checks import dmarc
+from lib.checks import workers as workers_module
 from lib.checks.dkimfast import speed_up_dkimpy
 from lib.checks.dns import forget_resolvers, resolver
 from lib.checks.workers import CheckWorkers
@@ -95,6 +97,25 @@ def test_a_worker_that_does_not_answer_in_time_is_killed(dns, zone, key):
         assert (dkim_result.result, dmarc_result.result) == ("temperror", "temperror")
         assert "did not finish within 0.5s" in dkim_result.reason
         assert dmarc_result.reply is None                     # temperror refuses nothing
+        assert workers.pids() == []
+    finally:
+        workers.stop()
+
+
+@pytest.mark.parametrize("interpreter", ["/bin/false", "/nonexistent/python3"])
+def test_workers_that_cannot_start_are_given_up_on(zone, key, monkeypatch, interpreter):
+    """A worker that exits before answering (an interpreter or lib/ the mail user
+    may not use), or cannot be started at all: the check is done in the session,
+    and after a few such workers none are started any more."""
+    monkeypatch.setattr(sys, "executable", interpreter)
+    workers = CheckWorkers(size=2)
+    signed = key.sign(message())
+    try:
+        for _ in range(workers_module.GIVE_UP_AFTER):
+            assert workers.enabled
+            assert workers.dmarc(screened(), signed, "reject", zone, None)[0].result == "pass"
+        assert not workers.enabled                   # checked in the session from now on
+        assert workers.dmarc(screened(), signed, "reject", zone, None)[0].result == "pass"
         assert workers.pids() == []
     finally:
         workers.stop()

@@ -5,6 +5,7 @@ sessions and processes; flags in file names without touching POP3's UIDs."""
 from __future__ import annotations
 
 import os
+import sys
 import threading
 
 import pytest
@@ -165,6 +166,22 @@ def test_a_big_claim_waits_for_the_session_to_rest_then_a_helper_moves_it(maildi
     deliver(maildirs)                                    # later mail: claimed at once again
     assert index.sync(claim=True)[1] == frozenset({41})
     assert not os.listdir(new)
+
+
+@pytest.mark.parametrize("interpreter", ["/bin/false", "/nonexistent/python3"])
+def test_a_big_claim_is_moved_here_when_no_helper_can_run(maildirs, account, monkeypatch,
+                                                          interpreter):
+    monkeypatch.setattr(folderindex, "CLAIM_AT_ONCE", 5)
+    monkeypatch.setattr(sys, "executable", interpreter)
+    names = deliver(maildirs, 12)
+    index = account.index("INBOX")
+    assert len(index.sync(claim=True)[1]) == 12
+    index.release_claim()
+    new = os.path.join(account.root, "new")
+    wait_until(lambda: not os.listdir(new) and not index.claiming, what="new/ emptied")
+    assert sorted(os.listdir(os.path.join(account.root, "cur"))) == sorted(n + ":2," for n in names)
+    for uid in range(1, 13):
+        os.close(index.open(uid))
 
 
 def test_a_big_claim_whose_session_never_rests_starts_on_its_own(maildirs, account,
