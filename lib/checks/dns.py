@@ -120,8 +120,7 @@ class Resolver:
                     raise DnsFailure("no name server configured (/etc/resolv.conf); "
                                      "set [relay] nameservers") from None
                 if self.nameservers:
-                    resolver.nameservers = [dns.nameserver.Do53Nameserver(ns.host, ns.port)
-                                            for ns in self.nameservers]
+                    use_nameservers(resolver, self.nameservers)
                 resolver.timeout = TRY_TIMEOUT
                 resolver.cache = dns.resolver.LRUCache(CACHE_ENTRIES)
                 self._resolver = resolver
@@ -148,8 +147,22 @@ def forget_resolvers() -> None:
         _resolvers.clear()
 
 
+def use_nameservers(resolver: Any, nameservers: tuple[HostPort, ...]) -> None:
+    """Point a dnspython Resolver at these name servers ([relay] nameservers).
+    dnspython 2.4 and later take Nameserver objects, port included; 2.3
+    (Debian 12's python3-dnspython) has no dns.nameserver and takes addresses,
+    with their ports in nameserver_ports."""
+    try:
+        nameserver = importlib.import_module("dns.nameserver")
+    except ImportError:
+        resolver.nameservers = [ns.host for ns in nameservers]
+        resolver.nameserver_ports = {ns.host: ns.port for ns in nameservers}
+        return
+    resolver.nameservers = [nameserver.Do53Nameserver(ns.host, ns.port) for ns in nameservers]
+
+
 def _dnspython() -> Any:
     """The dnspython package with the submodules used here, or MissingLibrary."""
-    for module in ("dns.exception", "dns.name", "dns.nameserver", "dns.resolver"):
+    for module in ("dns.exception", "dns.name", "dns.resolver"):
         require(module, "the DNS-based checks ([checks] dnsbl, spf, dmarc)")
     return importlib.import_module("dns")

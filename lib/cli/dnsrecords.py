@@ -33,6 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from ..checks.dns import use_nameservers
 from ..checks.trust import is_loopback
 from ..config import schema as config_module
 from ..outbound import dkim
@@ -211,7 +212,6 @@ class LookupFailed(Exception):
 def make_resolver(config: config_module.Config) -> Any:
     """dnspython's resolver for [relay] nameservers, or the system's."""
     try:
-        import dns.nameserver
         import dns.resolver
     except ImportError:
         raise UsageError("dns-records --check needs the Python package dnspython "
@@ -223,8 +223,7 @@ def make_resolver(config: config_module.Config) -> Any:
         raise UsageError("dns-records --check: no name server in /etc/resolv.conf; "
                          "set [relay] nameservers") from None
     if servers:
-        resolver.nameservers = [dns.nameserver.Do53Nameserver(ns.host, ns.port)
-                                for ns in servers]
+        use_nameservers(resolver, servers)
     resolver.lifetime = LIFETIME
     resolver.timeout = TRY_TIMEOUT
     return resolver

@@ -8,6 +8,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from ..checks.dns import use_nameservers
 from ..config.schema import VIA_SMARTHOST, Config, HostPort
 from .results import AttemptFailed, FailureKind, HostFailure, RemoteReply
 
@@ -72,8 +73,7 @@ class HopFinder:
             nameservers = self.config.relay.nameservers
             resolver = dns.resolver.Resolver(configure=not nameservers)
             if nameservers:
-                resolver.nameservers = [dns.nameserver.Do53Nameserver(ns.host, ns.port)
-                                        for ns in nameservers]
+                use_nameservers(resolver, nameservers)
             resolver.lifetime = DNS_LIFETIME
             self._resolver = resolver
         return self._resolver
@@ -146,7 +146,6 @@ def _dnspython() -> Any:
     """The dnspython package, or AttemptFailed naming it (DESIGN 1)."""
     try:
         import dns.exception
-        import dns.nameserver
         import dns.resolver
     except ImportError:
         raise AttemptFailed(HostFailure(FailureKind.LOCAL,

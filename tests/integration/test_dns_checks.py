@@ -4,6 +4,7 @@ and DMARC policies as a name server gives them."""
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 
@@ -16,9 +17,12 @@ from lib.config.schema import HostPort
 from lib.core.replies import DMARC_REJECTED, DNSBL_LISTED, SPF_FAILED, SPF_TEMPERROR
 
 from ..helpers.checks import dkim_key, make_key_pem, message, screened
+from ..helpers.cli import ROOT, SCRIPT
+from ..helpers.ini import config_text
 from ..helpers.net import HOST
 
 CLIENT, OUTSIDE = "192.0.2.25", "198.51.100.9"
+SYSTEM_PYTHON = "/usr/bin/python3"      # Debian's, with python3-dnspython from .ci/run
 
 
 @pytest.fixture
@@ -227,3 +231,36 @@ def test_forged_results_are_replaced_by_ours(dmarc_zone, lookups):
     assert final.count(b"Authentication-Results: mail.example.org") == 1
     assert b"Authentication-Results: mx.other.example; spf=none" in final
     assert b"dmarc=fail (p=reject sp=quarantine dis=reject) header.from=example.org" in final
+
+
+# ---------------------------------------------------------------- Debian's dnspython
+
+def test_debians_dnspython_asks_the_configured_name_server(dns, tmp_path):
+    """Debian 12's python3-dnspython (2.3, which .ci/run installs) has no
+    dns.nameserver: [relay] nameservers must still reach MX look-ups, the checks
+    and dns-records --check when the server runs on /usr/bin/python3 with it."""
+    dns.a("host.example", "192.0.2.1")
+    dns.mx("example.net", (10, "mx.example.net"))
+    dns.a("mx.example.net", "192.0.2.25")
+    ini = tmp_path / "server.ini"
+    ini.write_text(config_text(data_dir=tmp_path / "data",
+                               relay=f"mode = mx\nnameservers = {HOST}:{dns.port}"))
+    code = f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+from lib.checks.dns import resolver
+from lib.config.schema import HostPort, load
+from lib.outbound.nexthop import HopFinder
+print([r.address for r in resolver((HostPort({HOST!r}, {dns.port}),)).records("host.example", "A")])
+print([(hop.name, hop.addresses) for hop in HopFinder(load({str(ini)!r})).hops("example.net")])
+"""
+    done = subprocess.run([SYSTEM_PYTHON, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["['192.0.2.1']",
+                                        "[('mx.example.net', ('192.0.2.25',))]"]
+    records = subprocess.run([SYSTEM_PYTHON, str(SCRIPT), "-c", str(ini), "dns-records",
+                              "example.org", "--check"], capture_output=True, text=True,
+                             timeout=120)
+    assert "dnspython" not in records.stderr and "missing" in records.stdout
+    assert dns.asked("_dmarc.example.org", "TXT") >= 1
