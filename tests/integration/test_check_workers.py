@@ -43,9 +43,28 @@ def zone(dns, key):
     forget_resolvers()
 
 
+class Recorder:
+    """An EventLog stand-in that keeps (level, event) of what the pool logs."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def info(self, event: str, **fields) -> None:
+        self.events.append(("info", event))
+
+    def warning(self, event: str, **fields) -> None:
+        self.events.append(("warning", event))
+
+    def error(self, event: str, **fields) -> None:
+        self.events.append(("error", event))
+
+    def problems(self) -> list[tuple[str, str]]:
+        return [entry for entry in self.events if entry[0] != "info"]
+
+
 @pytest.fixture
 def pool():
-    workers = CheckWorkers(size=2)
+    workers = CheckWorkers(size=2, log=Recorder())
     yield workers
     workers.stop()
 
@@ -71,6 +90,7 @@ def test_a_worker_answers_as_the_session_would(zone, key, pool):
             here = dmarc.check(envelope, text, "reject", resolver(zone), spf_result=None)
             there = pool.dmarc(envelope, text, "reject", zone, None)
             assert there == here, name
+    assert pool.log.problems() == []             # every answer came from a worker
     assert 1 <= len(pool.pids()) <= 2
     assert all(pid != os.getpid() for pid in pool.pids())
 
@@ -83,6 +103,7 @@ def test_a_dead_worker_is_replaced_and_its_check_done_here(zone, key, pool):
     os.kill(first, signal.SIGKILL)
     wait_until(lambda: os.waitpid(first, os.WNOHANG) != (0, 0) or gone(first), 10)
     assert pool.dmarc(screened(), signed, "reject", zone, None) == expected   # done here
+    assert pool.log.problems() == [("warning", "check_worker_failed")]
     assert first not in pool.pids()
     assert pool.dmarc(screened(), signed, "reject", zone, None) == expected   # a new worker
     assert pool.pids() and first not in pool.pids()
