@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -42,11 +40,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.pop3_load import rss_mb  # noqa: E402
-from lib.core import passwords  # noqa: E402
+from bench.mailservers import PASSWORD, Dovecot, Ours, rss_mb  # noqa: E402
 from lib.store.maildir import MaildirStore  # noqa: E402
 
-PASSWORD = "bench-pass"
 BIG = 10_000
 SMALL = 1_000
 SESSIONS = 8
@@ -147,106 +143,6 @@ def fill_mailboxes(data_dir: Path) -> list[str]:
         for number in range(SMALL):
             store.deliver([f"small{n}"], message(number, 10 * 1024))
     return ["big10k", *(f"small{n}" for n in range(SESSIONS))]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-# ---------------------------------------------------------------- servers
-
-class Ours:
-    name = "ours"
-
-    def __init__(self, folder: Path, mailboxes: list[str]):
-        line = passwords.hash_password(PASSWORD)
-        self.ini = folder / "ours.ini"
-        self.ini.write_text(f"""[server]
-hostname = mail.example.org
-data_dir = {folder / 'data'}
-log = {folder / 'ours.log'}
-[listen]
-imap = 127.0.0.1:0
-[limits]
-max_connections_per_ip = 100
-[domains]
-example.org = *
-[mailboxes]
-""" + "".join(f"{m} = {line}\n" for m in mailboxes) + "[aliases]\npostmaster = big10k\n")
-        self.process: subprocess.Popen | None = None
-        self.port = 0
-
-    def start(self) -> None:
-        self.process = subprocess.Popen([sys.executable, str(ROOT / "mailbox_appliance.py"),
-                                         "-c", str(self.ini), "serve"],
-                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                        text=True)
-        assert self.process.stdout is not None
-        started = self.process.stdout.readline()
-        if not started.startswith("listening imap"):
-            raise SystemExit("mailbox_appliance did not start")
-        self.port = int(started.rsplit(":", 1)[1])
-
-    @property
-    def pids(self) -> list[int]:
-        return [self.process.pid] if self.process else []
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(60)
-
-
-class Dovecot:
-    name = "dovecot"
-
-    def __init__(self, folder: Path, mailboxes: list[str]):
-        self.folder = folder
-        self.port = free_port()
-        for name in ("dovecot.conf", "imap.conf"):
-            conf = (HERE / "dovecot" / name).read_text()
-            conf = (conf.replace("@FOLDER@", str(folder)).replace("@PORT@", str(free_port()))
-                    .replace("@IMAP_PORT@", str(self.port)))
-            (folder / name).write_text(conf)
-        # Dovecot's default scheme, as `doveadm pw` makes it (we pay an scrypt check).
-        hashed = subprocess.run(["doveadm", "pw", "-s", "SHA512-CRYPT", "-p", PASSWORD],
-                                capture_output=True, text=True, check=True,
-                                timeout=30).stdout.strip()
-        (folder / "users").write_text("".join(f"{m}:{hashed}::::::\n" for m in mailboxes))
-        (folder / "run").mkdir(exist_ok=True)
-        self.master: int | None = None
-
-    @staticmethod
-    def available() -> bool:
-        return shutil.which("dovecot") is not None and os.geteuid() == 0 and \
-            Path("/usr/lib/dovecot/imap").exists()
-
-    def start(self) -> None:
-        subprocess.run(["dovecot", "-c", str(self.folder / "imap.conf")], check=True, timeout=30)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                self.master = int((self.folder / "run" / "master.pid").read_text())
-                return
-            except (OSError, ValueError):
-                time.sleep(0.1)
-        raise SystemExit("dovecot did not start")
-
-    @property
-    def pids(self) -> list[int]:
-        return [self.master] if self.master else []
-
-    def stop(self) -> None:
-        if self.master is None:
-            return
-        os.kill(self.master, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and Path(f"/proc/{self.master}").exists():
-            time.sleep(0.1)
-        self.master = None
 
 
 # ---------------------------------------------------------------- measurements
@@ -363,14 +259,14 @@ def main() -> int:
         mailboxes = fill_mailboxes(folder / "ours" / "data")
         servers: list = []
         if args.only != "dovecot":
-            servers.append(Ours(folder / "ours", mailboxes))
+            servers.append(Ours(folder / "ours", mailboxes, "imap"))
         if args.only != "ours":
-            if Dovecot.available():
+            if Dovecot.available("imap"):
                 copy = folder / "dovecot"
                 shutil.copytree(folder / "ours" / "data" / "mail", copy / "data" / "mail")
                 # dovecot's mail processes run as nobody
                 subprocess.run(["chown", "-R", "65534:65534", str(copy / "data")], check=True)
-                servers.append(Dovecot(copy, mailboxes))
+                servers.append(Dovecot(copy, mailboxes, "imap"))
             else:
                 print("dovecot-imapd not installed (or not root): measuring only ours")
         results = {}

@@ -13,8 +13,9 @@ Measures, for each server:
     python3 bench/pop3_load.py                 # both servers if Dovecot is installed
     python3 bench/pop3_load.py --only ours
 
-Dovecot is started from bench/dovecot/ on 127.0.0.1:2711 (apt install
-dovecot-pop3d; needs root). Everything listens on loopback only.
+Both servers come from bench/mailservers.py: each on a free loopback port,
+stopped by its PID; Dovecot from bench/dovecot/ (apt install dovecot-pop3d;
+needs root). Everything listens on loopback only.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -37,12 +37,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from lib.core import passwords  # noqa: E402
+from bench.mailservers import PASSWORD, Dovecot, Ours, rss_mb  # noqa: E402
 from lib.store.maildir import MaildirStore  # noqa: E402
 
-PASSWORD = "bench-pass"
-OURS_PORT = 2710
-DOVECOT_PORT = 2711
 LINE = b"The quick brown fox jumps over the lazy dog; 0123456789 ABCDEFGHIJ abcdef.\n"
 
 
@@ -121,113 +118,6 @@ def fill_mailboxes(data_dir: Path) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------- servers
-
-def ours_config(folder: Path, mailboxes: list[str]) -> Path:
-    line = passwords.hash_password(PASSWORD)
-    ini = folder / "ours.ini"
-    ini.write_text(f"""[server]
-hostname = mail.example.org
-data_dir = {folder / 'data'}
-log = {folder / 'ours.log'}
-[listen]
-pop3 = 127.0.0.1:{OURS_PORT}
-[limits]
-max_connections_per_ip = 100
-[domains]
-example.org = *
-[mailboxes]
-""" + "".join(f"{m} = {line}\n" for m in mailboxes) + "[aliases]\npostmaster = big10k\n")
-    return ini
-
-
-class Ours:
-    name = "ours"
-    port = OURS_PORT
-
-    def __init__(self, folder: Path, mailboxes: list[str]):
-        self.ini = ours_config(folder, mailboxes)
-        self.process = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen([sys.executable, str(ROOT / "mailbox_appliance.py"),
-                                         "-c", str(self.ini), "serve"],
-                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                        text=True)
-        if not self.process.stdout.readline().startswith("listening"):
-            raise SystemExit("mailbox_appliance did not start")
-
-    @property
-    def pids(self) -> list[int]:
-        return [self.process.pid]
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        self.process.wait(60)
-
-
-class Dovecot:
-    name = "dovecot"
-    port = DOVECOT_PORT
-
-    def __init__(self, folder: Path, mailboxes: list[str]):
-        self.folder = folder
-        conf = (HERE / "dovecot" / "dovecot.conf").read_text()
-        conf = conf.replace("@FOLDER@", str(folder)).replace("@PORT@", str(DOVECOT_PORT))
-        (folder / "dovecot.conf").write_text(conf)
-        # Dovecot's default scheme, as `doveadm pw` makes it: a login costs it
-        # a SHA512-CRYPT check (mailbox_appliance pays an scrypt check).
-        hashed = subprocess.run(["doveadm", "pw", "-s", "SHA512-CRYPT", "-p", PASSWORD],
-                                capture_output=True, text=True, check=True,
-                                timeout=30).stdout.strip()
-        (folder / "users").write_text("".join(f"{m}:{hashed}::::::\n" for m in mailboxes))
-        (folder / "run").mkdir(exist_ok=True)
-
-    @staticmethod
-    def available() -> bool:
-        return shutil.which("dovecot") is not None and os.geteuid() == 0
-
-    def start(self) -> None:
-        subprocess.run(["dovecot", "-c", str(self.folder / "dovecot.conf")], check=True,
-                       timeout=30)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", DOVECOT_PORT), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise SystemExit("dovecot did not start")
-
-    @property
-    def pids(self) -> list[int]:
-        found = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    cmd = (entry / "cmdline").read_bytes()
-                except OSError:
-                    continue
-                if b"dovecot" in cmd or cmd.startswith((b"dovecot/", b"pop3")):
-                    found.append(int(entry.name))
-        return found
-
-    def stop(self) -> None:
-        subprocess.run(["doveadm", "-c", str(self.folder / "dovecot.conf"), "stop"],
-                       timeout=30, capture_output=True)
-        time.sleep(1)
-
-
-def rss_mb(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except OSError:
-            pass
-    return total / 1024
-
 
 class RssWatcher(threading.Thread):
     def __init__(self, server):
@@ -322,10 +212,10 @@ def main() -> int:
             subprocess.run(["chown", "-R", "65534:65534", str(folder / "data")], check=True)
         servers = []
         if args.only != "dovecot":
-            servers.append(Ours(folder, mailboxes))
+            servers.append(Ours(folder, mailboxes, "pop3"))
         if args.only != "ours":
-            if Dovecot.available():
-                servers.append(Dovecot(folder, mailboxes))
+            if Dovecot.available("pop3"):
+                servers.append(Dovecot(folder, mailboxes, "pop3"))
             else:
                 print("dovecot not installed (apt install dovecot-pop3d): measuring only ours")
         results = {}
