@@ -168,6 +168,26 @@ def test_a_big_claim_waits_for_the_session_to_rest_then_a_helper_moves_it(maildi
     assert not os.listdir(new)
 
 
+def test_a_file_gone_before_the_helper_moves_it_is_left_out(maildirs, account, monkeypatch):
+    monkeypatch.setattr(folderindex, "CLAIM_AT_ONCE", 5)
+    names = deliver(maildirs, 10)
+    index = account.index("INBOX")
+    assert len(index.sync(claim=True)[1]) == 10
+    new = os.path.join(account.root, "new")
+    os.unlink(os.path.join(new, names[3]))               # POP3 deleted it meanwhile
+    index.release_claim()
+    wait_until(lambda: not os.listdir(new) and not index.claiming, what="new/ emptied")
+    assert index.name_of(4) == ("new", names[3])         # the helper said it could not move it
+    assert index.name_of(5)[0] == "cur"                  # and noted the rest as moved
+    snapshot, _ = index.sync()
+    assert list(snapshot.uids) == [1, 2, 3, 5, 6, 7, 8, 9, 10]
+    with pytest.raises(FileNotFoundError):
+        index.open(4)
+    for uid in snapshot.uids:
+        assert index.name_of(uid)[0] == "cur"
+        os.close(index.open(uid))
+
+
 @pytest.mark.parametrize("interpreter", ["/bin/false", "/nonexistent/python3"])
 def test_a_big_claim_is_moved_here_when_no_helper_can_run(maildirs, account, monkeypatch,
                                                           interpreter):
