@@ -70,7 +70,7 @@ class StrangerScreening:
             self._judge(self.screener.client(self.session.client.ip), transaction, "rcpt")
 
     def at_rcpt(self, transaction: Transaction, recipient: str) -> None:
-        if self.applies:
+        if self.applies and self.screener.greylisting is not None:   # the only check here
             self._judge(self.screener.recipient(self._screened(transaction), recipient),
                         transaction, "rcpt")
 
