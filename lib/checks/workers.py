@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.schema import HostPort
+from ..core.durable import write_all
 from ..core.errors import MailError
 from . import dmarc
 from .dns import MissingLibrary, resolver
@@ -71,15 +72,14 @@ class Worker:
         self.answered = False                 # has it answered a request yet?
 
     def ask(self, request: bytes, timeout: float) -> Any:
-        """Send a request, wait for its answer (unpickled); WorkerFailure if none."""
+        """Send a request, wait for its answer (unpickled); WorkerFailure if none.
+        Raw reads and writes on the pipes: each system call here gives up the
+        server's interpreter lock, and an answer usually takes one read."""
         assert self.process.stdin is not None and self.process.stdout is not None
         try:
-            self.process.stdin.write(_LENGTH.pack(len(request)) + request)
-            self.process.stdin.flush()
-            deadline = time.monotonic() + timeout
-            fd = self.process.stdout.fileno()
-            (length,) = _LENGTH.unpack(_read_exactly(fd, _LENGTH.size, deadline))
-            return pickle.loads(_read_exactly(fd, length, deadline))
+            write_all(self.process.stdin.fileno(), _LENGTH.pack(len(request)) + request)
+            answer = _read_answer(self.process.stdout.fileno(), time.monotonic() + timeout)
+            return pickle.loads(answer)
         except WorkerFailure:
             raise
         except (OSError, ValueError, EOFError, pickle.UnpicklingError, struct.error) as error:
@@ -106,18 +106,21 @@ class Worker:
         self.process.wait()
 
 
-def _read_exactly(fd: int, count: int, deadline: float) -> bytes:
-    chunks: list[bytes] = []
-    while count:
+def _read_answer(fd: int, deadline: float) -> bytes:
+    """One length-prefixed answer from the worker's stdout (it sends nothing else)."""
+    received = bytearray()
+    wanted = _LENGTH.size
+    while len(received) < wanted:
         left = deadline - time.monotonic()
         if left <= 0 or not select.select([fd], [], [], left)[0]:
             raise WorkerTimeout("check worker did not answer in time")
-        chunk = os.read(fd, min(count, 1 << 20))
+        chunk = os.read(fd, max(wanted - len(received), 1 << 16))
         if not chunk:
             raise WorkerFailure("check worker exited")
-        chunks.append(chunk)
-        count -= len(chunk)
-    return b"".join(chunks)
+        received += chunk
+        if wanted == _LENGTH.size and len(received) >= wanted:
+            wanted += _LENGTH.unpack_from(received)[0]
+    return bytes(received[_LENGTH.size:])
 
 
 class CheckWorkers:

@@ -137,14 +137,14 @@ class Incoming:
         claim): the screening's verdict, before the commit. The message is
         written again as a new file, the body copied by the kernel."""
         old = self._temp
-        old.flush()
-        if old.size <= REWRITE_IN_PLACE:
+        if old.size <= REWRITE_IN_PLACE:            # no syscall while all of it is buffered
             whole = self.content()
             end = 0 if whole.startswith(b"\n") else whole.find(b"\n\n") + 1
             end = end if end > 0 or whole.startswith(b"\n") else len(whole)
             old.replace_contents(self._return_path + added + self._header + header(whole[:end])
                                  + whole[end:])
             return
+        old.flush()
         source = os.open(old.path, os.O_RDONLY)
         try:
             start = self._prefix

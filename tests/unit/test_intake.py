@@ -51,6 +51,16 @@ def test_rewrite_adds_fields_above_ours_and_filters_the_clients_header(intake, t
     assert f",S={len(data)}," in name and name.endswith(f",W={pop3_size_of_file(path)}")
 
 
+def test_a_small_message_is_rewritten_before_anything_reaches_its_file(intake):
+    """Each write, truncate and rewrite is a system call that gives up the
+    interpreter lock, and screening rewrites every stranger's message."""
+    message = begin(intake)
+    message.write(b"From: a@sender.example\n\nbody\n")
+    message.rewrite(b"Authentication-Results: mail.example.org; spf=pass\n", lambda h: h)
+    assert os.path.getsize(message.path) == 0
+    message.discard()
+
+
 def test_content_is_what_the_client_sent(intake):
     message = begin(intake)
     message.write(b"Subject: x\n\nbody\n")
