@@ -61,6 +61,8 @@ def remove_ours(message: bytes, our_id: str) -> bytes:
     """The message without any Authentication-Results field whose authserv-id is
     `our_id` (case-insensitive, a trailing dot ignored); the other fields, their
     order, folding and line endings, and the body are kept byte for byte."""
+    if FIELD.lower().encode() not in message.lower():
+        return message                       # the usual case: none at all, nothing to parse
     header, body = _split_header(message)
     kept: list[bytes] = []
     for field in _fields(header):
@@ -143,6 +145,8 @@ def _quoted(text: str, position: int) -> tuple[str, int]:
 
 def _split(text: str, separator: str) -> list[str]:
     """`text` split at `separator`, except inside comments and quoted-strings."""
+    if "(" not in text and '"' not in text:
+        return text.split(separator)
     parts, start, position = [], 0, 0
     while position < len(text):
         char = text[position]
@@ -162,6 +166,8 @@ def _split(text: str, separator: str) -> list[str]:
 
 def _one_line(clause: str) -> str:
     """A clause with its white space (and any CR, LF) made single spaces."""
+    if clause.isprintable():
+        return " ".join(clause.split())
     return " ".join("".join(c if c.isprintable() else " " for c in clause).split())
 
 

@@ -1,6 +1,7 @@
 """dkimpy, quicker: DKIM verification spends most of its time in dkimpy's RSA
 check (Python's pow and byte loops), in parsing the same key record again
-for every signature, and in its canonicalisation's regular expressions.
+for every signature, and in its regular expressions (canonicalisation, and
+the one that blanks out b=).
 `dkimpy()` gives the dkim module with these shortcuts put in once, for the
 whole process; their answers are dkimpy's own (see speed_up_dkimpy and
 speed_up_canonicalization).
@@ -59,7 +60,17 @@ def speed_up_dkimpy(dkim: Any) -> None:
 
     dkim.RSASSA_PKCS1_v1_5_verify = rsa_verify
     dkim.evaluate_pk = evaluate_pk
+    # The b= value is blanked out of the DKIM-Signature before it is hashed;
+    # dkimpy's pattern tries its optional folding groups at each of the ~350
+    # characters of the value (a seventh of a verification). Its folding
+    # white space, (?:(?:\s*\r?\n)?\s+)?, matches any run of white space, so
+    # this one matches the same text, in a tenth of the time (a property test
+    # compares the two).
+    dkim.RE_BTAG = _B_TAG
     speed_up_canonicalization(dkim.canonicalization)
+
+
+_B_TAG = re.compile(rb"([;\s]b\s*=)(?:[\sa-zA-Z0-9+/=]*[a-zA-Z0-9+/=])?(?:\r?\n\Z)?")
 
 
 _TRAILING_WSP = re.compile(rb"[\t ]+\r\n")

@@ -19,6 +19,7 @@ requires one From:, but DESIGN 7.1 refuses only on a domain's policy).
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 import threading
@@ -289,8 +290,7 @@ def from_domains(message: bytes) -> list[str]:
     Every From: of the header counts, even after a line that is not a field
     (where the email package would call the rest body): an extra author is
     checked, never hidden."""
-    end = _HEADER_END.search(message)
-    head = message[:end.start()] if end else message
+    head = _header_of(message)
     values = [" ".join(found.group(1).decode("ascii", "surrogateescape").split())
               for found in _FROM_FIELD.finditer(head)]
     domains: list[str] = []
@@ -301,7 +301,14 @@ def from_domains(message: bytes) -> list[str]:
     return domains
 
 
-_HEADER_END = re.compile(rb"(?:^|\n)\r?\n")                 # the empty line (or none)
+def _header_of(message: bytes) -> bytes:
+    """What comes before the first empty line (CRLF or LF), or all of it."""
+    if message.startswith((b"\n", b"\r\n")):
+        return b""
+    ends = [end for end in (message.find(b"\n\n"), message.find(b"\n\r\n")) if end >= 0]
+    return message[:min(ends)] if ends else message
+
+
 _FROM_FIELD = re.compile(rb"^from[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 
 
@@ -313,12 +320,16 @@ def organisational_domain(domain: str) -> str:
     """The registered domain (one label below the public suffix, RFC 7489 3.2);
     the name itself when it is a public suffix. Unknown TLDs (.test) count as
     public suffixes, so a.b.example.test belongs to example.test."""
+    return _organisational(domain.lower().rstrip("."))
+
+
+@functools.lru_cache(maxsize=4096)        # asked four times a message, for a few domains
+def _organisational(domain: str) -> str:
     global _psl
     with _psl_lock:
         if _psl is None:
             module = require("publicsuffixlist", "[checks] dmarc")
             _psl = module.PublicSuffixList()
-    domain = domain.lower().rstrip(".")
     return _psl.privatesuffix(domain) or domain
 
 

@@ -22,6 +22,7 @@ _NEEDS_QUOTES = re.compile(r'[^\x21-\x7e]|["=\\]')
 # showing: C0 and C1 controls, DEL, and Unicode's invisible and direction-changing
 # marks. Each is written as \xNN or \uNNNN (as Postfix's printable() guards its log).
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]")
+_ESCAPED = re.compile(r'[\\"\x00-\x1f\x7f]')     # what an ASCII value needs escaped
 _SHORT_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -35,6 +36,8 @@ def _quote(value) -> str:
     text = value if isinstance(value, str) else str(value)
     if text and not _NEEDS_QUOTES.search(text):
         return text
+    if text.isascii() and not _ESCAPED.search(text):
+        return f'"{text}"'                   # spaces or '=' only: quoted as it is
     escaped = re.sub(r'[\\"\n\r\t]', lambda m: _SHORT_ESCAPES[m.group()], text)
     escaped = _UNPRINTABLE.sub(_escape, escaped)
     if not escaped.isascii():
@@ -63,18 +66,34 @@ class EventLog:
 
     def __init__(self, component: str, logger: logging.Logger | None = None, **context):
         self._logger = logger or logging.getLogger(LOGGER_NAME)
-        self._context = {"comp": component, **context}
+        self._set_context({"comp": component, **context})
+
+    def _set_context(self, context: dict) -> None:
+        self._context = context
+        # The context's part of every line, formatted once: a session logs
+        # dozens of lines with the same comp= and session=.
+        self._prefix = format_fields(context)
+        self._taken = frozenset(context) | {"event"}
 
     def bind(self, **more) -> EventLog:
         """The same log with more context fields (e.g. a message id)."""
         bound = EventLog.__new__(EventLog)
         bound._logger = self._logger
-        bound._context = {**self._context, **more}
+        bound._set_context({**self._context, **more})
         return bound
 
     def _emit(self, level: int, event: str, fields: dict) -> None:
-        if self._logger.isEnabledFor(level):
-            self._logger.log(level, format_fields({**self._context, "event": event, **fields}))
+        if not self._logger.isEnabledFor(level):
+            return
+        if self._taken.isdisjoint(fields):
+            line = f"{self._prefix} event={_quote(event)}" if self._prefix \
+                else f"event={_quote(event)}"
+            if fields:
+                rest = format_fields(fields)
+                line = f"{line} {rest}" if rest else line
+        else:                                    # a field given again replaces the context's
+            line = format_fields({**self._context, "event": event, **fields})
+        self._logger.log(level, line)
 
     def debug(self, event: str, **fields) -> None:
         self._emit(logging.DEBUG, event, fields)

@@ -82,6 +82,10 @@ def test_from_domains():
     assert dmarc.from_domains(message("")) == []
     assert dmarc.from_domains(message("undisclosed-recipients:;")) == []
     assert dmarc.from_domains(message("root@localhost")) == []
+    assert dmarc.from_domains(b"\r\nFrom: a@one.example\r\n") == []     # no header at all
+    assert dmarc.from_domains(b"Subject: x\nFrom: a@one.example\n\nFrom: b@two.example\n") \
+        == ["one.example"]                                # LF line ends, as we store them
+    assert dmarc.from_domains(b"From: a@one.example\r\n") == ["one.example"]   # no body
 
 
 # ---------------------------------------------------------------- DKIM

@@ -33,3 +33,18 @@ def test_control_characters_from_clients_are_escaped():
     assert line == ('helo="x\\x1b[31mred\\x1b]0;title\\x07" name="a\\x00b\\x7f\\x85" '
                     'bidi="abc\\u202edef" bad="\\xff"')
     assert line.isprintable()
+
+
+def test_a_line_from_a_bound_log_has_the_context_once(caplog):
+    import logging
+
+    from lib.log.events import LOGGER_NAME, EventLog
+    log = EventLog("smtp", logging.getLogger(LOGGER_NAME), session="S1").bind(msg="M1")
+    with caplog.at_level(logging.INFO, logger=LOGGER_NAME):
+        log.info("check", check="spf", reason="a b", nothing=None)
+        log.info("accepted", msg="M2")                   # a field given again wins
+        log.info("quit", gone=None)                      # no field left: no trailing space
+    assert [r.getMessage() for r in caplog.records] == [
+        'comp=smtp session=S1 msg=M1 event=check check=spf reason="a b"',
+        "comp=smtp session=S1 msg=M2 event=accepted",
+        "comp=smtp session=S1 msg=M1 event=quit"]
