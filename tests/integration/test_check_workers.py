@@ -9,6 +9,8 @@ import os
 import re
 import signal
 import sys
+import threading
+import time
 import types
 
 import dkim
@@ -119,6 +121,70 @@ def test_a_worker_that_does_not_answer_in_time_is_killed(dns, zone, key):
         assert "did not finish within 0.5s" in dkim_result.reason
         assert dmarc_result.reply is None                     # temperror refuses nothing
         assert workers.pids() == []
+    finally:
+        workers.stop()
+
+
+def test_requests_queued_at_one_worker_get_their_own_answers(zone, key):
+    """Sessions do not wait for a free worker: they queue their requests at one
+    and each gets its own answer back (a slow first message makes them queue)."""
+    workers = CheckWorkers(size=1, log=Recorder())
+    slow = key.sign(message(body="a long line of a long body \r\n" * 60000))    # ~1.6 MB
+    texts = [slow] + list(cases(key).values()) * 2
+    expected = [dmarc.check(screened(), text, "reject", resolver(zone), spf_result=None)
+                for text in texts]
+    answers: dict[int, tuple] = {}
+    start_together = threading.Barrier(len(texts))
+
+    def ask(index: int) -> None:
+        start_together.wait(10)
+        if index:
+            time.sleep(0.05)                         # behind the slow one
+        answers[index] = workers.dmarc(screened(), texts[index], "reject", zone, None)
+
+    try:
+        threads = [threading.Thread(target=ask, args=(n,)) for n in range(len(texts))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert [answers.get(n) for n in range(len(texts))] == expected
+        assert workers.log.problems() == []          # every answer came from the worker
+        assert len(workers.pids()) == 1
+        assert workers.most_queued > 1
+    finally:
+        workers.stop()
+
+
+@pytest.mark.parametrize("watch", ["watch", "no watch"])
+def test_a_stuck_worker_fails_only_its_own_check_and_the_queued_ones_run_here(
+        dns, zone, key, monkeypatch, watch):
+    """Whoever notices first, the pool's watch or a queued session whose own
+    time has run out, only the request the worker is stuck on gets temperror."""
+    if watch == "no watch":
+        monkeypatch.setattr(workers_module, "WATCH_SECONDS", 60.0)
+    dns.silent.add(key.name)                     # the first one's key look-up never ends
+    other = dkim_key(key.private_pem, "example.org", "other")
+    dns.txt(other.name, other.record)
+    workers = CheckWorkers(size=1, time_limit=1.0, log=Recorder())
+    results: dict[int, tuple] = {}
+
+    def ask(index: int, text: bytes) -> None:
+        results[index] = workers.dmarc(screened(), text, "reject", zone, "pass", budget=5)
+
+    try:
+        first = threading.Thread(target=ask, args=(0, key.sign(message())))
+        first.start()
+        wait_until(lambda: workers.most_queued >= 1, 10)
+        rest = [threading.Thread(target=ask, args=(n, other.sign(message()))) for n in (1, 2)]
+        for thread in rest:
+            thread.start()
+        for thread in [first, *rest]:
+            thread.join(30)
+        assert results[0][0].result == "temperror"
+        assert [results[n][0].result for n in (1, 2)] == ["pass", "pass"]   # done here
+        assert workers.log.problems() == [("warning", "check_worker_failed")]
+        assert workers.enabled                       # a stuck worker is no broken start
     finally:
         workers.stop()
 
