@@ -85,12 +85,11 @@ class EventLog:
     def _emit(self, level: int, event: str, fields: dict) -> None:
         if not self._logger.isEnabledFor(level):
             return
-        if self._taken.isdisjoint(fields):
-            line = f"{self._prefix} event={_quote(event)}" if self._prefix \
-                else f"event={_quote(event)}"
-            if fields:
-                rest = format_fields(fields)
-                line = f"{line} {rest}" if rest else line
+        if self._taken.isdisjoint(fields):       # the prefix always holds comp=
+            line = f"{self._prefix} event={_quote(event)}"
+            rest = format_fields(fields)
+            if rest:
+                line = f"{line} {rest}"
         else:                                    # a field given again replaces the context's
             line = format_fields({**self._context, "event": event, **fields})
         self._logger.log(level, line)
